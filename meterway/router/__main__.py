@@ -1,0 +1,7 @@
+"""Run the router with `python -m meterway.router --config FILE`."""
+
+import sys
+
+from meterway.router.cli import main
+
+sys.exit(main())
