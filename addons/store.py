@@ -1,0 +1,360 @@
+"""The request log: a queue the event loop fills and one thread that writes it to SQLite.
+
+`RequestStore.submit()` only puts the row on a bounded `queue.Queue`, so it never blocks the
+asyncio loop. The writer thread takes batches off the queue and writes each one in a single
+transaction: `requests`, `payloads`, `requests_fts` and the `rollup_hour` sums. A full queue
+drops rows; a failing database (locked, read-only, disk full, file deleted) makes the writer
+retry a batch for a bounded time, then count it as failed and go on. Neither ever fails a
+request. The tables are described in `addons/store_schema.py`.
+
+Readers (the UI, tests, anyone's SQL) use `open_readonly()` and the histogram helpers here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from addons.store_rollup import (
+    default_latency_bounds,
+    merge_hists,
+    percentile_from_hist,
+    status_class,
+)
+from addons.store_schema import ensure_schema, read_latency_bounds
+from addons.store_write import PreparedRow, prepare, write_batch
+
+__all__ = [
+    "RequestStore",
+    "StoreError",
+    "StoreStats",
+    "latency_bounds",
+    "merge_hists",
+    "open_readonly",
+    "percentile_from_hist",
+    "read_latency_bounds",
+    "status_class",
+]
+
+log = logging.getLogger(__name__)
+
+_LOG_INTERVAL_S = 60.0
+_BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+class StoreError(Exception):
+    """The request log cannot be opened at the configured path."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    """Counters of one `RequestStore` since it was created."""
+
+    written: int
+    dropped: int
+    failed: int
+    queued: int
+
+
+class _FileReplaced(Exception):
+    """The database file was deleted or replaced while a batch was being written."""
+
+
+class _Throttle:
+    """Let a message through at most once per interval per key, counting the rest."""
+
+    def __init__(self, interval: float = _LOG_INTERVAL_S) -> None:
+        self._interval = interval
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def ready(self, key: str) -> int | None:
+        """Return how many messages were held back since the last one, or None to hold this one."""
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self._interval:
+                self._suppressed[key] = self._suppressed.get(key, 0) + 1
+                return None
+            self._last[key] = now
+            return self._suppressed.pop(key, 0)
+
+
+def latency_bounds() -> list[float]:
+    """Return the finite upper bounds (ms) of the latency buckets a new file gets."""
+    return default_latency_bounds()
+
+
+def open_readonly(path: Path | str) -> sqlite3.Connection:
+    """Open the live request log read-only (not immutable, because the gateway writes it)."""
+    resolved = Path(path).resolve()
+    if not resolved.is_file():
+        raise StoreError(
+            f"request log {resolved} not found; start the gateway once to create it, "
+            "or check config.database.url"
+        )
+    conn = sqlite3.connect(resolved.as_uri() + "?mode=ro", uri=True, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout = 5000")
+    return conn
+
+
+class RequestStore:
+    """A request log in one SQLite file, written by one daemon thread."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        queue_max: int = 10000,
+        batch_max: int = 500,
+        flush_interval: float = 0.25,
+        busy_timeout: float = 5.0,
+        retry_for: float = 30.0,
+    ) -> None:
+        self.path = Path(path)
+        self._queue: queue.Queue[tuple[Mapping[str, Any], Any, Any, int]] = queue.Queue(queue_max)
+        self._batch_max = batch_max
+        self._flush_interval = flush_interval
+        self._busy_timeout = busy_timeout
+        self._retry_for = retry_for
+
+        self._conn: sqlite3.Connection | None = None
+        self._file_id: tuple[int, int] | None = None
+        self._bounds: list[float] = default_latency_bounds()
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._stop_deadline = float("inf")
+        self._closed = False
+
+        self._lock = threading.Lock()
+        self._written = 0
+        self._dropped = 0
+        self._failed = 0
+        self._throttle = _Throttle()
+
+    @property
+    def stats(self) -> StoreStats:
+        """Return a snapshot of the counters and the current queue length."""
+        with self._lock:
+            return StoreStats(self._written, self._dropped, self._failed, self._queue.qsize())
+
+    def start(self) -> None:
+        """Open the database (creating or migrating it) and start the writer thread.
+
+        Raises StoreError when the folder does not exist. Any SQLite error is logged and left
+        to the writer, which keeps trying to open the file.
+        """
+        if not self.path.parent.is_dir():
+            raise StoreError(
+                f"folder {self.path.parent} of request log {self.path.name} does not exist; "
+                "create it or change config.database.url"
+            )
+        try:
+            self._open()
+        except sqlite3.Error as error:
+            log.warning("cannot open request log %s yet (%s); the writer keeps retrying", self.path, error)
+        self._thread = threading.Thread(target=self._run, name="meterway-store", daemon=True)
+        self._thread.start()
+        log.info("request log writer started on %s", self.path)
+
+    def submit(
+        self,
+        row: Mapping[str, Any],
+        payload: Mapping[str, Any] | None = None,
+        fts: tuple[str, str] | None = None,
+    ) -> bool:
+        """Queue one request row without blocking; return False when it was dropped."""
+        if self._closed:
+            self._drop("request log is stopped")
+            return False
+        try:
+            self._queue.put_nowait((row, payload, fts, int(time.time() * 1000)))
+        except queue.Full:
+            self._drop(f"request log queue is full ({self._queue.maxsize} rows)")
+            return False
+        return True
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Write what is queued, then close the database; give up after `timeout` seconds."""
+        self._closed = True
+        thread = self._thread
+        if thread is None:
+            return
+        # Leave part of the timeout for the last transaction and the close.
+        self._stop_deadline = time.monotonic() + timeout * 0.8
+        self._stopping.set()
+        thread.join(timeout)
+        if thread.is_alive():
+            log.warning(
+                "request log writer did not finish within %.1f s; %d rows still queued",
+                timeout,
+                self._queue.qsize(),
+            )
+        else:
+            log.info("request log writer stopped: %s", self.stats)
+        self._thread = None
+
+    def _drop(self, reason: str) -> None:
+        with self._lock:
+            self._dropped += 1
+            dropped = self._dropped
+        if self._throttle.ready("drop") is not None:
+            log.warning("%s; dropping request rows (%d dropped so far)", reason, dropped)
+
+    def _count(self, *, written: int = 0, failed: int = 0) -> None:
+        with self._lock:
+            self._written += written
+            self._failed += failed
+
+    def _open(self) -> None:
+        conn = sqlite3.connect(
+            self.path, isolation_level=None, timeout=self._busy_timeout, check_same_thread=False
+        )
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            ensure_schema(conn)
+            self._bounds = read_latency_bounds(conn)
+            stat = os.stat(self.path)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        self._file_id = (stat.st_dev, stat.st_ino)
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except sqlite3.Error as error:
+                log.warning("closing request log %s failed: %s", self.path, error)
+        self._conn = None
+        self._file_id = None
+
+    def _file_replaced(self) -> bool:
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return True
+        return (stat.st_dev, stat.st_ino) != self._file_id
+
+    def _run(self) -> None:
+        while True:
+            batch = self._collect()
+            if batch:
+                try:
+                    self._write(batch)
+                except Exception:
+                    # A bug must not end the thread: the gateway would queue rows forever.
+                    self._count(failed=len(batch))
+                    if self._throttle.ready("bug") is not None:
+                        log.exception("request log writer failed on %d rows", len(batch))
+            elif self._stopping.is_set():
+                break
+        self._close()
+
+    def _collect(self) -> list[PreparedRow]:
+        """Wait for the first row, then gather more for up to `flush_interval` seconds."""
+        items = []
+        try:
+            if self._stopping.is_set():
+                items.append(self._queue.get_nowait())
+            else:
+                items.append(self._queue.get(timeout=self._flush_interval))
+        except queue.Empty:
+            return []
+        deadline = time.monotonic() + self._flush_interval
+        while len(items) < self._batch_max:
+            remaining = deadline - time.monotonic()
+            try:
+                if remaining <= 0 or self._stopping.is_set():
+                    items.append(self._queue.get_nowait())
+                else:
+                    items.append(self._queue.get(timeout=remaining))
+            except queue.Empty:
+                break
+        return self._prepare(items)
+
+    def _prepare(self, items: list[tuple[Mapping[str, Any], Any, Any, int]]) -> list[PreparedRow]:
+        prepared = []
+        for row, payload, fts, queued_ms in items:
+            try:
+                prepared.append(prepare(row, payload, fts, queued_ms))
+            except (TypeError, ValueError) as error:
+                self._count(failed=1)
+                log.warning("request row %s not stored: %s", row.get("id"), error)
+        return prepared
+
+    def _write(self, batch: list[PreparedRow]) -> None:
+        """Write one batch, retrying SQLite errors until `retry_for` runs out."""
+        give_up_at = time.monotonic() + self._retry_for
+        delay = 0.05
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                self._write_once(batch)
+            except sqlite3.IntegrityError as error:
+                # A constraint fails the same way on every retry, so write rows one by one
+                # and lose only those that break it.
+                if len(batch) == 1:
+                    self._count(failed=1)
+                    log.warning("request row %s not stored: %s", batch[0].request["id"], error)
+                    return
+                log.warning("request log batch rejected (%s); writing its rows one by one", error)
+                for prepared in batch:
+                    self._write([prepared])
+                return
+            except (sqlite3.Error, _FileReplaced) as error:
+                busy = (getattr(error, "sqlite_errorcode", 0) & 0xFF) in _BUSY_CODES
+                if not busy:
+                    # Read-only, I/O and "file moved" errors stick to a connection.
+                    self._close()
+                deadline = min(give_up_at, self._stop_deadline)
+                now = time.monotonic()
+                if now >= deadline:
+                    self._count(failed=len(batch))
+                    held = self._throttle.ready("gave_up")
+                    if held is not None:
+                        log.warning(
+                            "request log %s: %d rows not written after %d attempts (%s); "
+                            "%d rows failed so far",
+                            self.path, len(batch), attempts, error, self.stats.failed,
+                        )
+                    return
+                if attempts == 1 and self._throttle.ready("retry") is not None:
+                    log.warning(
+                        "request log %s write failed (%s); retrying for up to %.0f s",
+                        self.path, error, self._retry_for,
+                    )
+                time.sleep(min(delay, deadline - now))
+                delay = min(delay * 2, 1.0)
+                continue
+            if attempts > 1:
+                log.info("request log %s writable again after %d attempts", self.path, attempts)
+            return
+
+    def _write_once(self, batch: list[PreparedRow]) -> None:
+        if self._conn is not None and self._file_replaced():
+            log.warning("request log %s was deleted or replaced; reopening it", self.path)
+            self._close()
+        if self._conn is None:
+            self._open()
+        assert self._conn is not None
+        written, duplicates = write_batch(self._conn, batch, self._bounds)
+        if self._file_replaced():
+            # The commit went into the old, unlinked file: write the batch again to the new one.
+            raise _FileReplaced(f"{self.path} was deleted or replaced during a write")
+        self._count(written=written)
+        if duplicates and self._throttle.ready("duplicate") is not None:
+            log.warning("request ids already in the log were skipped: %s", ", ".join(duplicates[:5]))

@@ -1,0 +1,165 @@
+"""Turn submitted request rows into SQL values and write a batch of them in one transaction."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sqlite3
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from addons.store_rollup import RollupBatch
+from addons.store_schema import PAYLOAD_COLUMNS, REQUEST_COLUMNS
+
+log = logging.getLogger(__name__)
+
+# Working keys of the flow record that are not columns (docs/DESIGN.md, "The flow record"),
+# skipped without a message when a caller passes the whole record.
+WORKING_KEYS = frozenset({"local", "usage_added", "catalog_provider", "replayed_client"})
+
+_warned_keys: set[str] = set()
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedRow:
+    """One request ready to insert: column values, payload values and FTS text."""
+
+    request: dict[str, Any]
+    payload: tuple[Any, ...] | None
+    fts: tuple[str, str] | None
+
+
+def iso_utc(epoch_ms: int) -> str:
+    """Format epoch milliseconds as UTC ISO-8601 with milliseconds and a `Z`."""
+    moment = datetime.fromtimestamp(epoch_ms / 1000, tz=timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
+
+
+def _sql_value(table: str, column: str, value: Any, blob: bool = False) -> Any:
+    if value is None or isinstance(value, (str, int, float)):
+        # bool is an int subclass; store it as 0/1 rather than relying on the driver.
+        return int(value) if isinstance(value, bool) else value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value) if blob else bytes(value).decode("utf-8", errors="replace")
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    raise TypeError(
+        f"{table}.{column} got a {type(value).__name__} ({value!r:.80}); "
+        "pass str, int, float, bytes, a JSON-serialisable dict or list, or None"
+    )
+
+
+def _warn_unknown(keys: set[str]) -> None:
+    for key in sorted(keys - _warned_keys - WORKING_KEYS):
+        _warned_keys.add(key)
+        log.warning(
+            "request row key %r is not a requests column and is not stored; add it to "
+            "REQUEST_COLUMNS in addons/store_schema.py and to docs/DESIGN.md to keep it",
+            key,
+        )
+
+
+def prepare(
+    row: Mapping[str, Any],
+    payload: Mapping[str, Any] | None,
+    fts: tuple[str | None, str | None] | None,
+    now_ms: int,
+) -> PreparedRow:
+    """Check and convert one submitted row; raise TypeError for a value SQLite cannot store.
+
+    A row without `id` gets a random one, without `started_ms` the time it was written, and
+    without `started_at` the ISO form of `started_ms`, so that no row is lost to a gap.
+    """
+    unknown = set(row) - REQUEST_COLUMNS.keys()
+    if unknown:
+        _warn_unknown(unknown)
+
+    request = {name: _sql_value("requests", name, row.get(name)) for name in REQUEST_COLUMNS}
+    for name, col_type in REQUEST_COLUMNS.items():
+        value = request[name]
+        # The rollup adds these up, so a number sent as text would fail the whole batch.
+        if col_type in (int, float) and value is not None and not isinstance(value, (int, float)):
+            raise TypeError(f"requests.{name} must be a number or None, got {value!r:.80}")
+    if not request["id"]:
+        request["id"] = uuid.uuid4().hex
+    if request["started_ms"] is None:
+        request["started_ms"] = now_ms
+    request["started_ms"] = int(request["started_ms"])
+    if not request["started_at"]:
+        request["started_at"] = iso_utc(request["started_ms"])
+    if request["is_replay"] is None:
+        request["is_replay"] = 0
+
+    payload_values = None
+    if payload is not None:
+        values = [request["id"]]
+        for name in list(PAYLOAD_COLUMNS)[1:]:
+            values.append(_sql_value("payloads", name, payload.get(name), blob=name == "flow"))
+        payload_values = tuple(values)
+
+    fts_values = None
+    if fts is not None and (fts[0] or fts[1]):
+        fts_values = (fts[0] or "", fts[1] or "")
+    return PreparedRow(request, payload_values, fts_values)
+
+
+@functools.cache
+def _request_sql() -> str:
+    names = ", ".join(REQUEST_COLUMNS)
+    marks = ", ".join("?" for _ in REQUEST_COLUMNS)
+    # RETURNING gives the rowid for requests_fts (SQLite 3.35 or newer); a duplicate id
+    # returns no row, so that request is neither indexed nor counted twice.
+    return (
+        f"INSERT INTO requests ({names}) VALUES ({marks}) "
+        "ON CONFLICT (id) DO NOTHING RETURNING rowid"
+    )
+
+
+@functools.cache
+def _payload_sql() -> str:
+    names = ", ".join(PAYLOAD_COLUMNS)
+    marks = ", ".join("?" for _ in PAYLOAD_COLUMNS)
+    return f"INSERT INTO payloads ({names}) VALUES ({marks}) ON CONFLICT (request_id) DO NOTHING"
+
+
+def write_batch(
+    conn: sqlite3.Connection, rows: Sequence[PreparedRow], bounds: Sequence[float]
+) -> tuple[int, list[str]]:
+    """Insert rows, payloads, FTS entries and rollup sums in one write transaction.
+
+    Returns the number of requests inserted and the ids skipped as duplicates. On any error
+    the transaction is rolled back, so a retry writes the whole batch again.
+    """
+    request_sql = _request_sql()
+    payload_sql = _payload_sql()
+    rollup = RollupBatch(bounds)
+    duplicates: list[str] = []
+    written = 0
+
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for prepared in rows:
+            inserted = conn.execute(request_sql, tuple(prepared.request.values())).fetchone()
+            if inserted is None:
+                duplicates.append(prepared.request["id"])
+                continue
+            if prepared.payload is not None:
+                conn.execute(payload_sql, prepared.payload)
+            if prepared.fts is not None:
+                conn.execute(
+                    "INSERT INTO requests_fts (rowid, prompt, answer) VALUES (?, ?, ?)",
+                    (inserted[0], *prepared.fts),
+                )
+            rollup.add(prepared.request)
+            written += 1
+        rollup.upsert(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return written, duplicates
