@@ -41,4 +41,4 @@ def exactly_one(model: BaseModel, names: tuple[str, ...], what: str) -> None:
         return
     aliases = [type(model).model_fields[n].alias or n for n in names]
     listed = ", ".join(f"`{a}`" for a in aliases)
-    raise ValueError(f"{what}: set exactly one of {listed}")
+    raise ValueError(f"set exactly one of {listed} in `{what}`")

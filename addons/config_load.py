@@ -64,13 +64,15 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> G
         raise ConfigError([f"{path}:1: the file must be a YAML mapping with keys such as `binds:`"])
 
     problems = [_format(path, document, p, message, line) for p, line, message in document.problems]
+    # A value left empty by a missing variable would only add a confusing follow-up error.
+    missing = {p for p, _line, _message in document.problems}
     try:
         gateway = Gateway.model_validate(document.data, by_alias=True, by_name=False)
     except ValidationError as error:
-        problems.extend(_validation_problems(path, document, error))
+        problems.extend(_validation_problems(path, document, error, missing))
         raise ConfigError(problems)
-    for config_path, message in unsupported_problems(gateway):
-        problems.append(_format(path, document, config_path, message))
+    found = sorted(unsupported_problems(gateway), key=lambda p: _line_of(document, p[0]))
+    problems.extend(_format(path, document, config_path, message) for config_path, message in found)
 
     gateway._source = path.resolve()
     secrets = secret_strings(gateway) | document.secret_values
@@ -119,10 +121,13 @@ def _line_of(document: YamlDocument, path: ConfigPath) -> int:
     return 1
 
 
-def _validation_problems(file: Path, document: YamlDocument, error: ValidationError) -> list[str]:
+def _validation_problems(file: Path, document: YamlDocument, error: ValidationError,
+                         skip: set[ConfigPath]) -> list[str]:
     by_path: dict[ConfigPath, list[str]] = {}
     for item in error.errors(include_url=False):
-        path = _data_path(item["loc"], document.data)
+        path = _data_path(item["loc"], document.data, item["type"])
+        if path in skip:
+            continue
         by_path.setdefault(path, [])
         message = _message(item, path, document)
         if message not in by_path[path]:
@@ -130,17 +135,17 @@ def _validation_problems(file: Path, document: YamlDocument, error: ValidationEr
 
     # A union (for example `key: str | {value, location}`) reports one error per member.
     # When one member got further into the data, its errors are the useful ones.
-    problems = []
+    problems: list[tuple[int, str]] = []
     for path, messages in by_path.items():
         deeper = any(len(other) > len(path) and other[: len(path)] == path for other in by_path)
         if deeper and all(not m.startswith("unknown key") for m in messages):
             continue
         line = _line_of(document, path)
-        problems.append(_format(file, document, path, "; or ".join(messages), line))
-    return problems
+        problems.append((line, _format(file, document, path, "; or ".join(messages), line)))
+    return [text for _line, text in sorted(problems, key=lambda p: p[0])]
 
 
-def _data_path(loc: tuple[int | str, ...], data: Any) -> ConfigPath:
+def _data_path(loc: tuple[int | str, ...], data: Any, kind: str) -> ConfigPath:
     """Map pydantic's error location onto the keys present in the data, dropping the names of
     union members that pydantic inserts."""
     path: list[str | int] = []
@@ -152,8 +157,8 @@ def _data_path(loc: tuple[int | str, ...], data: Any) -> ConfigPath:
         elif isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current):
             current = current[part]
             path.append(part)
-        elif index == len(loc) - 1 and isinstance(current, dict) and isinstance(part, str):
-            path.append(part)  # a missing or unknown key
+        elif index == len(loc) - 1 and kind in ("missing", "extra_forbidden"):
+            path.append(part)  # the missing or unknown key itself
     return tuple(path)
 
 

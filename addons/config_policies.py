@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from addons.config_base import ConfigModel, FileRef, Opaque, exactly_one
 
@@ -52,6 +52,16 @@ class AiPolicy(ConfigModel):
     prompt_caching: Opaque | None = None
     # Path suffix -> API kind, for example `/v1/responses: responses`.
     routes: dict[str, RouteType] = Field(default_factory=dict)
+    # Models listed by `GET /v1/models`.
+    models: list[Opaque] | None = None
+
+    @field_validator("routes", mode="before")
+    @classmethod
+    def _camel_case_route_types(cls, value: Any) -> Any:
+        # agentgateway's examples also spell the kinds in PascalCase (`Completions`).
+        if isinstance(value, dict):
+            return {k: v[:1].lower() + v[1:] if isinstance(v, str) else v for k, v in value.items()}
+        return value
 
 
 class BackendKey(ConfigModel):
@@ -185,7 +195,7 @@ class RoutePolicies(_TrafficPolicies):
     ext_mcp: Opaque | None = None
     authorization: Opaque | None = None
     mcp_authentication: Opaque | None = None
-    a2a: Opaque | None = None
+    a2a: Opaque | None = Field(default=None, alias="a2a")
     ai: AiPolicy | None = None
     backend_tls: Opaque | None = Field(default=None, alias="backendTLS")
     backend_tunnel: Opaque | None = None
@@ -218,6 +228,6 @@ class BackendPolicies(ConfigModel):
     ext_authz: Opaque | None = None
     mcp_authorization: Opaque | None = None
     ext_mcp: Opaque | None = None
-    a2a: Opaque | None = None
+    a2a: Opaque | None = Field(default=None, alias="a2a")
     inference_routing: Opaque | None = None
     ai: AiPolicy | None = None

@@ -70,7 +70,8 @@ UNSUPPORTED: dict[str, frozenset[str]] = {
         }
     ),
     "AiPolicy": frozenset(
-        {"promptGuard", "defaults", "overrides", "transformations", "prompts", "promptCaching"}
+        {"promptGuard", "defaults", "overrides", "transformations", "prompts", "promptCaching",
+         "models"}
     ),
     "BackendAuth": frozenset({"passthrough", "gcp", "aws", "azure", "copilot"}),
     "BackendKey": frozenset({"location"}),
@@ -156,6 +157,14 @@ def _walk(model: BaseModel, path: ConfigPath) -> Iterator[tuple[BaseModel, str, 
 def unsupported_problems(gateway: Gateway) -> list[tuple[ConfigPath, str]]:
     """Return (path, message) for each field or value that meterway does not implement yet."""
     problems: list[tuple[ConfigPath, str]] = []
+    for index, policy in enumerate(gateway.policies):
+        # Checked here because the default, `route`, is never "set in the file".
+        if policy.phase != "gateway":
+            problems.append(((("policies", index, "phase") if "phase" in policy.model_fields_set
+                              else ("policies", index)),
+                             "top-level policies with `phase: route` (the default) are not "
+                             "supported by meterway yet; set `phase: gateway` or put the policy "
+                             "under the route's `policies:`"))
     gateway_ext_procs = 0
     for model, key, value, path in _walk(gateway, ()):
         kind = type(model).__name__
@@ -187,9 +196,6 @@ def _value_problems(model: BaseModel, key: str, value: Any, path: ConfigPath) ->
     if isinstance(model, Listener) and key == "protocol" and value != "HTTP":
         return [(path, f"agentgateway's `protocol: {value}` is not supported by meterway yet; "
                  "use `HTTP` or remove it")]
-    if isinstance(model, TopPolicy) and key == "phase" and value != "gateway":
-        return [(path, "top-level policies with `phase: route` are not supported by meterway "
-                 "yet; put the policy under the route's `policies:` or use `phase: gateway`")]
     if isinstance(model, Route) and key == "backends" and len(value) > 1:
         return [(path, f"a route with {len(value)} backends is not supported by meterway yet "
                  "(agentgateway splits traffic by weight); keep one backend per route")]
