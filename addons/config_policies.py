@@ -1,8 +1,8 @@
 """Policy models: agentgateway's `policies:` blocks on listeners, routes, backends and `llm`.
 
 Field names follow agentgateway's standalone schema (v1.3 era). Policy kinds that meterway
-implements are modelled in full; the others are kept as plain data (`Opaque`) so that the
-loader can name them in its "not supported yet" errors (see addons/config_support.py).
+implements are modelled in full. The others are kept as plain data (`Opaque`), so the loader
+can still name them in its "not supported yet" errors (see addons/config_support.py).
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ class BackendAuth(ConfigModel):
 
 
 class ProcessingOptions(ConfigModel):
-    """Which parts of a request and response agentgateway sends to the ext_proc server."""
+    """The parts of a request and response that agentgateway sends to the ext_proc server."""
 
     request_body_mode: BodyMode = "fullDuplexStreamed"
     response_body_mode: BodyMode = "fullDuplexStreamed"

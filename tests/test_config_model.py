@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from addons import config_model, config_policies, config_settings
+from addons import config_model, config_policies, config_routes, config_settings
 from addons.config_model import AiBackend, AiProvider, Gateway, PathMatch, ProviderSettings
 from addons.config_policies import BackendAuth, ExtProc
 from addons.config_support import UNSUPPORTED, sqlite_path_from_url
@@ -168,7 +168,7 @@ def test_gateway_ext_proc_picks_gateway_phase():
 
 def _model_classes() -> dict[str, type[BaseModel]]:
     found = {}
-    for module in (config_model, config_policies, config_settings):
+    for module in (config_model, config_policies, config_routes, config_settings):
         for value in vars(module).values():
             if isinstance(value, type) and issubclass(value, BaseModel):
                 found[value.__name__] = value
