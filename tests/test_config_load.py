@@ -96,7 +96,9 @@ def test_missing_variable_named_not_valued(tmp_path: Path, caplog):
 
     assert len(problems) == 2
     assert all("`GEMINI_API_KEY` is not set" in p for p in problems)
-    assert problems[0].startswith(f"{config}:87: ")
+    lines = Path(config).read_text(encoding="utf-8").splitlines()
+    first_use = lines.index("            key: $GEMINI_API_KEY") + 1
+    assert problems[0].startswith(f"{config}:{first_use}: ")
     assert "routes[2].backends[0].policies.backendAuth.key" in problems[0]
     assert all("sk-must-not-appear" not in p for p in problems)
     assert "sk-must-not-appear" not in caplog.text
