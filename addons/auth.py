@@ -1,0 +1,165 @@
+"""The auth addon: client keys in, backend keys out.
+
+Client credentials never reach a provider: the gateway reads them, checks them against the
+`apiKey` policy when there is one, and removes them. The backend key from `backendAuth` goes
+into the upstream request only, and is redacted from the live flow as soon as the response
+starts, because mitmweb and `--flow-detail` show live flows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from typing import Any
+
+from mitmproxy import http
+
+from addons import record as flowrecord
+from addons.config import Config
+from addons.errors import error_response
+from addons.providers import ANTHROPIC_VERSION
+from addons.router import Router
+
+logger = logging.getLogger(__name__)
+
+REDACTED = "[redacted]"
+CREDENTIAL_HEADERS = ("authorization", "x-api-key", "x-goog-api-key", "api-key", "proxy-authorization")
+CREDENTIAL_QUERY = ("key",)
+
+
+def presented_key(request: http.Request) -> str | None:
+    """Return the client key a request carries (Bearer, x-api-key, x-goog-api-key or ?key=)."""
+    value = request.headers.get("authorization", "")
+    if value.lower().startswith("bearer "):
+        return value[7:].strip() or None
+    for name in ("x-api-key", "x-goog-api-key", "api-key"):
+        if request.headers.get(name):
+            return request.headers[name].strip()
+    return request.query.get("key") or None
+
+
+def redact_credentials(request: http.Request) -> list[str]:
+    """Replace every credential header and `key` query value with a marker; return the names."""
+    found = []
+    for name in CREDENTIAL_HEADERS:
+        if name in request.headers:
+            request.headers[name] = REDACTED
+            found.append(name)
+    if any(name in request.query for name in CREDENTIAL_QUERY):
+        query = request.query
+        for name in CREDENTIAL_QUERY:
+            if name in query:
+                query[name] = REDACTED
+                found.append(f"?{name}")
+    return found
+
+
+def _entry_matches(entry: Any, key: str) -> bool:
+    if entry.key is not None:
+        return hmac.compare_digest(entry.key.encode(), key.encode())
+    algorithm, _, digest = (entry.key_hash or "").partition(":")
+    if algorithm.lower() != "sha256" or not digest:
+        return False
+    return hmac.compare_digest(hashlib.sha256(key.encode()).hexdigest(), digest.lower())
+
+
+def client_name(entry: Any, index: int) -> str:
+    """Name a client key by its metadata (`name`, else `user`), else by its position."""
+    metadata = entry.metadata if isinstance(entry.metadata, dict) else {}
+    for field in ("name", "user", "client"):
+        if isinstance(metadata.get(field), str):
+            return metadata[field]
+    return f"key-{index}"
+
+
+class Auth:
+    def __init__(self, config: Config, router: Router) -> None:
+        self.config = config
+        self.router = router
+
+    def _api_key_policies(self, listener: Any) -> list[Any]:
+        gateway = self.config.gateway
+        policies = []
+        for top in getattr(gateway, "policies", None) or ():
+            if top.phase == "gateway" and top.policy.api_key is not None:
+                policies.append(top.policy.api_key)
+        if listener is not None and listener.kind == "bind":
+            for config_listener in listener.bind.listeners:
+                if config_listener.policies is not None and config_listener.policies.api_key is not None:
+                    policies.append(config_listener.policies.api_key)
+        if listener is not None and listener.kind == "llm" and gateway.llm.policies is not None:
+            if gateway.llm.policies.api_key is not None:
+                policies.append(gateway.llm.policies.api_key)
+        return policies
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        rec = flowrecord.get(flow)
+        if rec is None or flow.response is not None:
+            return
+        listener = self.config.listener_for(rec.get("bind"))
+        policies = self._api_key_policies(listener)
+        if policies:
+            self._check_client(flow, rec, policies)
+        rec["client_credentials"] = redact_credentials(flow.request)
+
+    def _check_client(self, flow: http.HTTPFlow, rec: dict[str, Any], policies: list[Any]) -> None:
+        if rec.get("is_replay") and rec.get("replayed_client"):
+            # A replay from mitmweb runs as the client of the original request, by name.
+            rec["client"] = rec["replayed_client"]
+            return
+        key = presented_key(flow.request)
+        strict = any(policy.mode == "strict" for policy in policies)
+        if key is None:
+            if strict:
+                self._reject(flow, rec, "missing API key: send it as `Authorization: Bearer KEY` or `x-api-key: KEY`")
+            return
+        for policy in policies:
+            for index, entry in enumerate(policy.keys):
+                if _entry_matches(entry, key):
+                    rec["client"] = client_name(entry, index)
+                    return
+        if strict or any(policy.mode == "optional" for policy in policies):
+            self._reject(flow, rec, "invalid API key: it matches none of the gateway's apiKey entries; "
+                         "check the key or ask for one")
+
+    @staticmethod
+    def _reject(flow: http.HTTPFlow, rec: dict[str, Any], message: str) -> None:
+        rec["outcome"] = "gateway_error"
+        rec["error"] = message
+        flow.response = error_response(401, message, code="invalid_api_key", api=rec.get("api"))
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        rec = flowrecord.get(flow)
+        if rec is None or flow.response is not None or not flow.live:
+            return
+        for name in CREDENTIAL_HEADERS:
+            flow.request.headers.pop(name, None)
+        for name in CREDENTIAL_QUERY:
+            if name in flow.request.query:
+                del flow.request.query[name]
+        choice = self.router.choice_for(flow)
+        if choice is None or not choice.key:
+            return
+        provider = choice.provider
+        flow.request.headers[provider.auth_header] = provider.auth_scheme + choice.key
+        rec["key_header"] = provider.auth_header
+        if provider.kind == "anthropic" and "anthropic-version" not in flow.request.headers:
+            flow.request.headers["anthropic-version"] = ANTHROPIC_VERSION
+
+    def _scrub(self, flow: http.HTTPFlow) -> None:
+        rec = flowrecord.get(flow)
+        if rec is None:
+            return
+        header = rec.get("key_header")
+        if header and header in flow.request.headers:
+            flow.request.headers[header] = REDACTED
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        self._scrub(flow)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._scrub(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._scrub(flow)

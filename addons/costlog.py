@@ -1,0 +1,242 @@
+"""The costlog addon: one row per flow in the request log, with usage and cost.
+
+It times each flow, taps streamed responses as they pass, reads the provider's usage (or
+estimates it), prices it from the catalog, and hands the row to the store's writer thread.
+The event loop never waits on SQLite: `RequestStore.submit` only enqueues.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import weakref
+from pathlib import Path
+from typing import Any
+
+from mitmproxy import http
+
+from addons import record as flowrecord
+from addons.config import Config
+from addons.conversation import prompt_text
+from addons.logrow import StoredBody, base_row, flow_blob, request_json, response_json
+from addons.pricing import PriceCatalog
+from addons.redact import Redactor
+from addons.store import RequestStore
+from addons.streamtap import StreamTap
+from addons.usage import UsageTracker
+
+logger = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "x-meterway-request-id"
+STREAM_TYPES = {"text/event-stream": "sse", "application/x-ndjson": "ndjson", "application/jsonl": "ndjson"}
+# Bodies larger than this pass through as a stream, so memory stays flat for huge responses.
+STREAM_OVER_BYTES = 4 * 1024 * 1024
+
+
+class CostLog:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.store: RequestStore | None = None
+        self.catalog = PriceCatalog.load([])
+        self.redactor = Redactor()
+        self._taps: weakref.WeakKeyDictionary[http.HTTPFlow, tuple[StreamTap, Any]] = weakref.WeakKeyDictionary()
+        config.on_reload(self._reconfigure)
+
+    def _reconfigure(self, gateway: Any) -> None:
+        self.catalog = PriceCatalog.load(gateway.catalog_paths())
+        self.redactor = Redactor(self.config.secrets)
+        path = gateway.database_path()
+        if self.store is not None and path is not None and Path(self.store.path) == path:
+            return
+        old, self.store = self.store, None
+        if old is not None:
+            old.stop()
+        if path is not None:
+            self.store = RequestStore(path)
+            self.store.start()
+            logger.info("request log: %s", path)
+
+    def done(self) -> None:
+        if self.store is not None:
+            self.store.stop()
+            stats = self.store.stats
+            logger.info("request log closed: %s rows written, %s dropped, %s failed",
+                        stats.written, stats.dropped, stats.failed)
+            self.store = None
+
+    def _max_bytes(self) -> int:
+        return self.config.gateway.meterway.payloads.max_bytes
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        rec = flowrecord.get(flow)
+        if rec is None or not flow.live or flow.response is None:
+            return
+        response = flow.response
+        response.headers[REQUEST_ID_HEADER] = rec["id"]
+        media = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        kind = STREAM_TYPES.get(media)
+        length = response.headers.get("content-length", "")
+        if kind is None and not (length.isdigit() and int(length) > STREAM_OVER_BYTES):
+            return  # a small JSON body: buffered and read in `response`
+        tracker = UsageTracker(rec.get("api") or "other", rec.get("provider") or "openai")
+        strip = bool(rec.get("usage_added")) and response.status_code < 400
+        tap = StreamTap(tracker, kind=kind or "raw", strip_usage=strip, max_bytes=self._max_bytes())
+        response.stream = tap
+        self._taps[flow] = (tap, tracker)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        rec = flowrecord.get(flow)
+        if rec is None or not flow.live:
+            return
+        if flow.response is not None and REQUEST_ID_HEADER not in flow.response.headers:
+            flow.response.headers[REQUEST_ID_HEADER] = rec["id"]
+        self._finish(flow, rec)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        rec = flowrecord.get(flow)
+        if rec is None or not flow.live:
+            return
+        self._finish(flow, rec)
+
+    def _finish(self, flow: http.HTTPFlow, rec: dict[str, Any]) -> None:
+        if rec.get("logged"):
+            return
+        rec["logged"] = True
+        try:
+            row, payload, fts = self._build(flow, rec)
+        except Exception:  # a bug here must not lose the flow's row entirely
+            logger.exception("flow %s: building the log row failed; storing the basic row", flow.id)
+            row, payload, fts = base_row(rec), None, None
+        if self.store is not None:
+            self.store.submit(row, payload, fts)
+
+    def _build(self, flow: http.HTTPFlow, rec: dict[str, Any]) -> tuple[dict, dict | None, tuple | None]:
+        row = base_row(rec)
+        response = flow.response
+        tap, tracker = self._taps.pop(flow, (None, None))
+        self._timings(flow, row, tap)
+        self._status(flow, rec, row)
+
+        max_bytes = self._max_bytes()
+        client = flowrecord.client_request(flow) or flow.request
+        client_text, client_body = request_json(client, max_bytes, self.redactor)
+        upstream_text = None
+        if rec.get("upstream"):
+            upstream_text, _ = request_json(flow.request, max_bytes, self.redactor)
+
+        response_text = None
+        response_body: StoredBody | None = None
+        if tracker is None:
+            tracker = UsageTracker(rec.get("api") or "other", rec.get("provider") or "openai")
+        if response is not None:
+            if tap is not None:
+                response_body = StoredBody(bytes(tap.kept), None, max_bytes, self.redactor, already_decoded=True)
+                response_body.original_size = tap.total_bytes
+                response_body.truncated = tap.truncated
+            else:
+                response_body = StoredBody(response.raw_content, response.headers.get("content-encoding"),
+                                           max_bytes, self.redactor)
+                parsed = _json(response_body.decoded)
+                if parsed is not None and rec.get("upstream") and response.status_code < 400:
+                    tracker.feed_json(parsed)
+                if row["outcome"] == "upstream_error" and not row["error"]:
+                    row["error"] = self.redactor.text(_error_message(parsed, response.status_code))
+            response_text = response_json(response, response_body)
+
+        self._usage_and_cost(rec, row, tracker, client_body)
+        payload = None
+        if self.config.gateway.meterway.payloads.store:
+            payload = {
+                "client_request": client_text,
+                "upstream_request": upstream_text,
+                "response": response_text,
+                "request_bytes": client_body.original_size,
+                "response_bytes": response_body.original_size if response_body else None,
+                "truncated": int(client_body.truncated or bool(response_body and response_body.truncated)),
+                "body_flags": sorted(set(client_body.flags + (response_body.flags if response_body else []))) or None,
+                "flow": flow_blob(flow, flowrecord.client_request(flow), bytes(tap.kept) if tap else None,
+                                  self.redactor),
+            }
+        fts = (prompt_text(_json(client_body.decoded)), tracker.text) if payload is not None else None
+        return row, payload, fts
+
+    @staticmethod
+    def _timings(flow: http.HTTPFlow, row: dict[str, Any], tap: StreamTap | None) -> None:
+        start = flow.request.timestamp_start
+        response = flow.response
+        end = None
+        if response is not None and response.timestamp_end:
+            end = response.timestamp_end
+        elif flow.error is not None:
+            end = flow.error.timestamp
+        row["duration_ms"] = round((end - start) * 1000, 3) if end else None
+        first = tap.first_byte_at if tap is not None else None
+        if first is None and response is not None and response.raw_content:
+            # NOTE: for a buffered body mitmproxy keeps no first-byte time, so the headers'
+            # arrival stands in for it.
+            first = response.timestamp_start
+        row["ttft_ms"] = round((first - start) * 1000, 3) if first else None
+
+    def _status(self, flow: http.HTTPFlow, rec: dict[str, Any], row: dict[str, Any]) -> None:
+        response = flow.response
+        error = flow.error
+        row["status"] = response.status_code if response is not None else None
+        if rec.get("outcome"):
+            row["outcome"] = rec["outcome"]
+        elif error is not None and "client disconnected" in error.msg.lower():
+            row["outcome"] = "client_disconnected"
+        elif error is not None and response is None:
+            row["outcome"] = "timeout" if "timed out" in error.msg.lower() or "timeout" in error.msg.lower() \
+                else "upstream_unreachable"
+            row["status"] = 502
+        elif error is not None:
+            row["outcome"] = "upstream_error"
+        elif response is not None and response.status_code >= 400:
+            row["outcome"] = "upstream_error"
+        else:
+            row["outcome"] = "ok"
+        if error is not None and not row.get("error"):
+            row["error"] = self.redactor.text(f"{error.msg} (upstream {rec.get('upstream') or 'not chosen'})")
+        if row["error"]:
+            row["error"] = self.redactor.text(row["error"])
+
+    def _usage_and_cost(self, rec: dict[str, Any], row: dict[str, Any], tracker: Any,
+                        client_body: StoredBody) -> None:
+        usage = tracker.result()
+        has_usage = usage is not None and usage.source == "provider"
+        if not has_usage and row["outcome"] in ("ok", "client_disconnected") and rec.get("upstream") \
+                and rec.get("api") in ("chat_completions", "responses", "messages", "generate_content", "ollama_chat"):
+            usage = tracker.estimate(_json(client_body.decoded), rec.get("routed_model"))
+        if usage is not None:
+            row["response_model"] = usage.response_model
+            for field in ("input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens",
+                          "reasoning_tokens"):
+                row[field] = getattr(usage, field)
+            row["total_tokens"] = usage.total_tokens
+            row["usage_source"] = usage.source
+        else:
+            row["usage_source"] = "none"
+        cost = self.catalog.price(rec.get("provider"), row.get("response_model") or rec.get("routed_model"),
+                                  usage, local=bool(rec.get("local")), request_model=rec.get("routed_model"))
+        for field in ("cost_usd", "cost_input_usd", "cost_output_usd", "cost_cache_read_usd",
+                      "cost_cache_write_usd", "cost_status", "price_source"):
+            row[field] = getattr(cost, field)
+
+
+def _json(data: bytes | None) -> Any | None:
+    if not data:
+        return None
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _error_message(body: Any, status: int) -> str:
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return f"provider answered {status}: {error['message']}"
+        if isinstance(error, str):
+            return f"provider answered {status}: {error}"
+    return f"provider answered {status}"

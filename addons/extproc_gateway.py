@@ -1,0 +1,146 @@
+"""The gateway-phase `extProc` policy: one ext_proc client and the calls it makes per flow.
+
+The router sees the request's headers and buffered body and answers with changes, or with a
+response of its own. This module turns those answers into changes to the mitmproxy flow and
+records what happened in the flow record (`router_*` columns).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import weakref
+from typing import Any
+
+from mitmproxy import http
+
+from addons.extproc import ExtProcClient, ExtProcSession, ProcessingOptions
+
+logger = logging.getLogger(__name__)
+
+# Pseudo-headers travel in the ext_proc header map but are not HTTP headers of the flow.
+_PSEUDO = (":method", ":scheme", ":authority", ":path")
+
+
+class RouterCalls:
+    """Owns the ext_proc client of the gateway's extProc policy, if the config has one."""
+
+    def __init__(self) -> None:
+        self.client: ExtProcClient | None = None
+        self._pending: Any | None = None
+        self._started = False
+        self._sessions: weakref.WeakKeyDictionary[http.HTTPFlow, ExtProcSession] = weakref.WeakKeyDictionary()
+
+    def reconfigure(self, gateway: Any) -> None:
+        """Remember the policy of a newly loaded config; the client starts in `start()`."""
+        policy = gateway.gateway_ext_proc()
+        self._pending = (policy, gateway.meterway.ext_proc.message_timeout) if policy is not None else None
+        if self._started:
+            import asyncio
+
+            asyncio.get_running_loop().create_task(self._swap())
+
+    async def start(self) -> None:
+        self._started = True
+        await self._swap()
+
+    async def _swap(self) -> None:
+        old, self.client = self.client, None
+        if self._pending is not None:
+            policy, timeout = self._pending
+            options = ProcessingOptions.from_config(policy.processing_options)
+            client = ExtProcClient(
+                policy.host,
+                options,
+                failure_mode=policy.failure_mode,
+                message_timeout=timeout,
+                allow_mode_override=policy.processing_options.allow_mode_override,
+            )
+            await client.start()
+            self.client = client
+            logger.info("semantic router at %s (failureMode %s)", policy.host, policy.failure_mode)
+        if old is not None:
+            await old.close()
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+            self.client = None
+
+    async def before_route(self, flow: http.HTTPFlow, rec: dict[str, Any],
+                           body: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Call the router for this request and apply its answer to the flow.
+
+        Returns the new JSON body when the router changed it, else None. When the router
+        answers itself (or fails closed) the flow gets that response.
+        """
+        if self.client is None:
+            return None
+        request = flow.request
+        session = self.client.session()
+        self._sessions[flow] = session
+        headers = [(name.lower(), value) for name, value in request.headers.items(multi=True)]
+        decision = await session.request(
+            request.method, "https" if request.scheme == "https" else "http",
+            request.host_header or request.pretty_host, request.path, headers,
+            request.get_content(strict=False) if request.raw_content else None, bool(rec.get("stream")),
+        )
+        rec["router_outcome"] = decision.outcome
+        rec["router_ms"] = round(decision.latency_ms, 3) if decision.latency_ms is not None else None
+        rec["router_headers"] = dict(decision.set_headers) if decision.set_headers else None
+        if decision.error:
+            rec["router_error"] = decision.error
+            logger.warning("flow %s: semantic router %s: %s", flow.id, decision.outcome, decision.error)
+
+        if decision.immediate is not None:
+            imm = decision.immediate
+            flow.response = http.Response.make(imm.status, imm.body or b"", list(
+                (k.encode(), v.encode()) for k, v in imm.headers
+            ))
+            rec["outcome"] = "router_response" if decision.outcome == "immediate_response" else "gateway_error"
+            if decision.outcome != "immediate_response":
+                rec["error"] = decision.error
+            return None
+
+        if decision.outcome not in ("ok",):
+            return None
+        request.headers.clear()
+        for name, value in decision.headers:
+            if name in _PSEUDO or name == "host":
+                continue
+            request.headers.add(name, value)
+        if decision.path and decision.path != request.path:
+            request.path = decision.path
+        if decision.body is None:
+            return None
+        request.content = decision.body
+        try:
+            new_body = json.loads(decision.body)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return None
+        if not isinstance(new_body, dict):
+            return None
+        new_model = new_body.get("model")
+        if isinstance(new_model, str) and new_model != rec.get("requested_model"):
+            rec["router_model"] = new_model
+        return new_body
+
+    async def after_response_headers(self, flow: http.HTTPFlow, rec: dict[str, Any]) -> None:
+        """Send the response headers to the router when the policy asks for them."""
+        session = self._sessions.get(flow)
+        if session is None or flow.response is None:
+            return
+        headers = [(name.lower(), value) for name, value in flow.response.headers.items(multi=True)]
+        decision = await session.response_headers(flow.response.status_code, headers)
+        if decision.outcome != "ok":
+            return
+        flow.response.headers.clear()
+        for name, value in decision.headers:
+            if not name.startswith(":"):
+                flow.response.headers.add(name, value)
+
+    async def finish(self, flow: http.HTTPFlow) -> None:
+        """Close the flow's ext_proc stream, if it has one."""
+        session = self._sessions.pop(flow, None)
+        if session is not None:
+            await session.close()

@@ -1,0 +1,36 @@
+"""meterway's mitmproxy entry script: the gateway's addons, in order.
+
+    mitmdump -s addons/gateway.py --set meterway_config=configs/homelab.yaml
+
+The addons share one flow record: config loads the YAML and opens the listeners, router
+picks route, backend and model, auth swaps client credentials for the backend key, costlog
+writes the row.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+try:
+    import addons.router  # noqa: F401  (installed with `pip install -e .`)
+except ImportError:
+    # Run from a checkout without installing: make the repository root importable.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from addons.auth import Auth
+from addons.config import Config
+from addons.costlog import CostLog
+from addons.errors import install_json_error_pages
+from addons.router import Router
+
+
+def make_addons() -> list[object]:
+    """Create the gateway's addons in the order their hooks must run."""
+    install_json_error_pages()
+    config = Config()
+    router = Router(config)
+    return [config, router, Auth(config, router), CostLog(config)]
+
+
+addons = make_addons()

@@ -1,0 +1,115 @@
+"""Turning a finished flow and its record into a `requests` row and a `payloads` row."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+from mitmproxy import http, io as mitmio
+
+from addons import record as flowrecord
+from addons.auth import CREDENTIAL_HEADERS, CREDENTIAL_QUERY, REDACTED
+from addons.bodies import body_text, cap_body, decode_body
+from addons.redact import Redactor
+
+
+def _redacted_headers(headers: http.Headers) -> list[list[str]]:
+    pairs = []
+    for name, value in headers.items(multi=True):
+        if name.lower() in CREDENTIAL_HEADERS:
+            value = REDACTED
+        pairs.append([name, value])
+    return pairs
+
+
+def _redacted_url(request: http.Request) -> str:
+    url = request.pretty_url
+    if not any(name in request.query for name in CREDENTIAL_QUERY):
+        return url
+    copy = request.copy()
+    for name in CREDENTIAL_QUERY:
+        if name in copy.query:
+            copy.query[name] = REDACTED
+    return copy.pretty_url
+
+
+class StoredBody:
+    """A message body decoded, capped and redacted for storage."""
+
+    def __init__(self, raw: bytes | None, content_encoding: str | None, max_bytes: int,
+                 redactor: Redactor, *, already_decoded: bool = False) -> None:
+        raw = raw or b""
+        self.original_size = len(raw)
+        flags: list[str] = []
+        if already_decoded or not content_encoding:
+            decoded = raw
+        else:
+            decoded, flags = decode_body(raw, content_encoding)
+        capped, self.truncated = cap_body(decoded, max_bytes)
+        text, text_flags = body_text(capped)
+        self.flags = flags + [f for f in text_flags if not (self.truncated and f == "not_utf8")]
+        self.text = redactor.text(text) or ""
+        self.decoded = decoded
+
+
+def request_json(request: http.Request, max_bytes: int, redactor: Redactor) -> tuple[str, StoredBody]:
+    """Describe a request as the stored JSON text."""
+    body = StoredBody(request.raw_content, request.headers.get("content-encoding"), max_bytes, redactor)
+    text = json.dumps({
+        "method": request.method,
+        "url": redactor.text(_redacted_url(request)),
+        "headers": _redacted_headers(request.headers),
+        "body": body.text,
+    }, ensure_ascii=False)
+    return text, body
+
+
+def response_json(response: http.Response, body: StoredBody) -> str:
+    """Describe a response as the stored JSON text."""
+    return json.dumps({
+        "status": response.status_code,
+        "headers": _redacted_headers(response.headers),
+        "body": body.text,
+    }, ensure_ascii=False)
+
+
+def flow_blob(flow: http.HTTPFlow, client_request: http.Request | None, response_body: bytes | None,
+              redactor: Redactor) -> bytes:
+    """Serialise the flow in the client's form, redacted, as mitmproxy's flow file format."""
+    copy = flow.copy()
+    if client_request is not None:
+        copy.request = client_request
+    for name in CREDENTIAL_HEADERS:
+        if name in copy.request.headers:
+            copy.request.headers[name] = REDACTED
+    for name in CREDENTIAL_QUERY:
+        if name in copy.request.query:
+            copy.request.query[name] = REDACTED
+    if copy.response is not None:
+        if copy.response.raw_content is None and response_body is not None:
+            copy.response.headers.pop("content-encoding", None)
+            copy.response.raw_content = response_body
+        for name in CREDENTIAL_HEADERS:
+            if name in copy.response.headers:
+                copy.response.headers[name] = REDACTED
+    rec = dict(flowrecord.get(flow) or {})
+    copy.metadata = {flowrecord.RECORD_KEY: rec}
+    buffer = io.BytesIO()
+    mitmio.FlowWriter(buffer).add(copy)
+    return redactor.bytes(buffer.getvalue()) or b""
+
+
+ROW_KEYS = (
+    "id", "started_at", "started_ms", "bind", "route", "backend", "provider", "upstream", "api",
+    "client", "user_agent", "stream", "requested_model", "router_model", "routed_model",
+    "router_outcome", "router_ms", "router_headers", "outcome", "error", "is_replay", "replay_of",
+)
+
+
+def base_row(rec: dict[str, Any]) -> dict[str, Any]:
+    """Copy the record's column keys into a new row."""
+    row = {key: rec.get(key) for key in ROW_KEYS}
+    if isinstance(row["router_headers"], dict):
+        row["router_headers"] = json.dumps(row["router_headers"], sort_keys=True)
+    return row

@@ -1,0 +1,79 @@
+"""Watching a streamed response as it passes to the client.
+
+mitmproxy calls a flow's `response.stream` callable with each chunk and once with `b""` at
+the end; whatever it returns goes to the client. The tap parses SSE or NDJSON for usage,
+keeps a capped copy for the log, notes the first byte's time, and removes the usage event
+that the gateway itself asked for. Every other byte goes to the client unchanged.
+
+The tap returns a list of chunks, never an empty bytes object: for a chunked response
+mitmproxy would encode `b""` as the terminating zero-length chunk and end the stream early.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from addons.sse import SSEParser, UsageEventFilter
+
+
+class StreamTap:
+    def __init__(self, tracker: Any | None, *, kind: str, strip_usage: bool, max_bytes: int) -> None:
+        self.tracker = tracker
+        self.kind = kind  # "sse", "ndjson" or "raw"
+        self.parser = SSEParser() if kind == "sse" else None
+        self.filter = UsageEventFilter() if strip_usage and kind == "sse" else None
+        self.max_bytes = max_bytes
+        self.kept = bytearray()
+        self.total_bytes = 0
+        self.first_byte_at: float | None = None
+        self.ended = False
+        self._line_buffer = b""
+
+    def _keep(self, data: bytes) -> None:
+        room = self.max_bytes - len(self.kept)
+        if room > 0:
+            self.kept += data[:room]
+
+    @property
+    def truncated(self) -> bool:
+        return self.total_bytes > len(self.kept)
+
+    def __call__(self, chunk: bytes) -> list[bytes]:
+        if chunk == b"":
+            rest = self._end()
+            return [rest] if rest else []
+        if self.first_byte_at is None:
+            self.first_byte_at = time.time()
+        self.total_bytes += len(chunk)
+        self._account(chunk)
+        out = self.filter.filter(chunk) if self.filter is not None else chunk
+        self._keep(out)
+        return [out] if out else []
+
+    def _account(self, chunk: bytes) -> None:
+        if self.tracker is None:
+            return
+        if self.parser is not None:
+            for event in self.parser.feed(chunk):
+                self.tracker.feed_event(event)
+        elif self.kind == "ndjson":
+            lines = (self._line_buffer + chunk).split(b"\n")
+            self._line_buffer = lines.pop()
+            for line in lines:
+                if line.strip():
+                    self.tracker.feed_ndjson_line(line)
+
+    def _end(self) -> bytes:
+        if self.ended:
+            return b""
+        self.ended = True
+        if self.tracker is not None:
+            if self.parser is not None:
+                for event in self.parser.close():
+                    self.tracker.feed_event(event)
+            elif self.kind == "ndjson" and self._line_buffer.strip():
+                self.tracker.feed_ndjson_line(self._line_buffer)
+        rest = self.filter.finish() if self.filter is not None else b""
+        self._keep(rest)
+        return rest

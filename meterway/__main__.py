@@ -1,0 +1,3 @@
+from meterway.cli import main
+
+raise SystemExit(main())

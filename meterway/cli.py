@@ -1,0 +1,115 @@
+"""The `meterway` command: check a config, run the gateway, open the UI, run the router."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+DEFAULT_CONFIG = Path("configs/default.yaml")
+
+
+def _check(args: argparse.Namespace) -> int:
+    from addons.config_load import ConfigError, load_config
+
+    try:
+        gateway = load_config(Path(args.config))
+    except ConfigError as err:
+        for problem in err.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        print(f"{len(err.problems)} problem(s) in {args.config}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"error: cannot read {args.config}: {err.strerror}", file=sys.stderr)
+        return 2
+    ports = ", ".join(str(p) for p in gateway.listener_ports())
+    print(f"{args.config}: valid; listeners on ports {ports}; request log {gateway.database_path()}")
+    return 0
+
+
+def _start_ui(config: str, host: str, port: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "meterway", "ui", config, "--host", host, "--port", str(port)])
+
+
+def _run(args: argparse.Namespace) -> int:
+    from addons.config_load import ConfigError, load_config
+    from meterway.master import serve
+
+    config = Path(args.config)
+    try:
+        load_config(config)
+    except ConfigError as err:
+        for problem in err.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 2
+    ui = _start_ui(str(config), args.ui_host, args.ui_port) if args.ui else None
+    try:
+        return asyncio.run(serve(config, upstreams=args.upstream, listen_host=args.listen_host,
+                                 trusted_ca=args.trusted_ca))
+    finally:
+        if ui is not None:
+            ui.terminate()
+            ui.wait(timeout=10)
+
+
+def _ui(args: argparse.Namespace) -> int:
+    from meterway.ui import serve
+
+    target = Path(args.target)
+    if target.suffix in (".yaml", ".yml"):
+        from addons.config_load import load_config
+
+        db_path = load_config(target).database_path()
+    else:
+        db_path = target
+    return serve(db_path, host=args.host, port=args.port, password=args.password)
+
+
+def _router(argv: list[str]) -> int:
+    from meterway.router.cli import main as router_main
+
+    return router_main(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="meterway", description="An observable LLM gateway on mitmproxy.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    check = commands.add_parser("check", help="Validate a gateway config file without starting anything.")
+    check.add_argument("config", help="Path of the gateway config (agentgateway standalone YAML).")
+    check.set_defaults(func=_check)
+
+    run = commands.add_parser("run", help="Run the gateway in the foreground on a config file.")
+    run.add_argument("config", nargs="?", default=str(DEFAULT_CONFIG), help="Path of the gateway config.")
+    run.add_argument("--upstream", action="append", default=[], metavar="HOST:PORT=URL",
+                     help="Send requests for an upstream host:port to another URL instead (repeatable).")
+    run.add_argument("--listen-host", default=None,
+                     help="Address the listeners bind to (default: the config's, else 127.0.0.1).")
+    run.add_argument("--trusted-ca", default=None, help="PEM file of CA certificates to trust for upstream TLS.")
+    run.add_argument("--ui", action="store_true", help="Also start the Datasette UI on the request log.")
+    run.add_argument("--ui-host", default="127.0.0.1", help="Address of the UI (default 127.0.0.1).")
+    run.add_argument("--ui-port", type=int, default=15000, help="Port of the UI (default 15000).")
+    run.set_defaults(func=_run)
+
+    ui = commands.add_parser("ui", help="Serve the request log in Datasette with meterway's pages.")
+    ui.add_argument("target", nargs="?", default=str(DEFAULT_CONFIG), help="A gateway config or a database file.")
+    ui.add_argument("--host", default="127.0.0.1", help="Address to bind (default 127.0.0.1).")
+    ui.add_argument("--port", type=int, default=15000, help="Port to bind (default 15000).")
+    ui.add_argument("--password", default=None, help="Require this password to view the UI.")
+    ui.set_defaults(func=_ui)
+
+    commands.add_parser("router", help="Run the built-in semantic router (ext_proc server).", add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the `meterway` command line and return its exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if argv and argv[0] == "router":
+        return _router(argv[1:])
+    args = build_parser().parse_args(argv)
+    return args.func(args)

@@ -1,0 +1,75 @@
+"""A lean mitmproxy master for `meterway run`: the gateway's addons and only the built-in
+ones a reverse proxy needs.
+
+mitmdump loads about thirty built-in addons and calls each of them for every hook of every
+flow. The gateway needs the proxy server, layer detection, TLS towards providers, startup
+error checks and the terminal log; the rest (interception, replay tools, header and body
+rewriting, the dumper) only costs time per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Sequence
+from pathlib import Path
+
+from mitmproxy import master, options
+from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
+
+from addons.gateway import make_addons
+
+logger = logging.getLogger(__name__)
+
+
+class GatewayMaster(master.Master):
+    def __init__(self, opts: options.Options) -> None:
+        super().__init__(opts, with_termlog=True)
+        self.addons.add(
+            core.Core(),
+            proxyserver.Proxyserver(),
+            next_layer.NextLayer(),
+            tlsconfig.TlsConfig(),
+            errorcheck.ErrorCheck(),
+        )
+        self.addons.add(*make_addons())
+
+
+def first_modes(config_path: Path, listen_host: str | None) -> list[str]:
+    """Compute the listener modes from the config before the master starts.
+
+    Starting with the right modes means mitmproxy never opens its default *:8080.
+    """
+    from addons.config import PLACEHOLDER_TARGET
+    from addons.config_load import load_config
+
+    gateway = load_config(config_path)
+    host = listen_host or gateway.meterway.listen_address
+    host_part = f"[{host}]" if ":" in host else host
+    ports = list(gateway.listener_ports())
+    return [f"reverse:{PLACEHOLDER_TARGET}@{host_part}:{port}" for port in sorted(set(ports))]
+
+
+async def serve(config_path: Path, *, upstreams: Sequence[str] = (), listen_host: str | None = None,
+                trusted_ca: str | None = None, extra_options: dict | None = None) -> int:
+    """Run the gateway until SIGINT or SIGTERM; return the exit status."""
+    opts = options.Options()
+    gateway_master = GatewayMaster(opts)
+    settings = {
+        "mode": first_modes(config_path, listen_host),
+        "connection_strategy": "lazy",
+        "meterway_config": str(config_path),
+        "meterway_upstream": list(upstreams),
+        "meterway_listen_host": listen_host or "",
+    }
+    if trusted_ca:
+        settings["ssl_verify_upstream_trusted_ca"] = trusted_ca
+    settings.update(extra_options or {})
+    opts.update(**settings)
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, gateway_master.shutdown)
+    await gateway_master.run()
+    return 0
