@@ -10,7 +10,7 @@ request but its stream callbacks for a streamed response are synchronous:
 
 - Request side, every body mode is applied. `buffered`, `bufferedPartial` and
   `fullDuplexStreamed` all send the whole body as one `request_body` message with
-  `end_of_stream` true (mitmproxy holds the whole body, so there is nothing to split).
+  `end_of_stream` true (mitmproxy has already buffered the whole body, so there is nothing to split).
   In `fullDuplexStreamed` the body goes out right after the headers, without waiting for
   the header reply, and the router may answer with `streamed_response` chunks, which are
   joined into the new body.
@@ -79,7 +79,7 @@ class ResponseMode:
 
 @dataclasses.dataclass
 class RequestDecision:
-    """Result of the request phase: what to forward upstream, or what to answer instead."""
+    """Result of the request phase: what to forward upstream, or the response to send instead."""
 
     headers: list[Header]
     path: str
@@ -206,7 +206,7 @@ class ExtProcSession:
         self._first_message = True
         self._finished = False
         self._response_done = False
-        self._held: bytearray | None = None
+        self._held_body: bytearray | None = None
         self._drain_task: asyncio.Task[None] | None = None
         self._warned_observe = False
         self.streamed_response = False
@@ -233,7 +233,7 @@ class ExtProcSession:
         body: bytes | None,
         stream: bool = False,
     ) -> RequestDecision:
-        """Send the request to the router as the options say and apply its replies.
+        """Send the request to the router as the processing options specify, and apply its replies.
 
         `stream` is True when the client asked for a streamed response; the session keeps
         it for the response phase. Never raises for router failures: the decision's
@@ -337,6 +337,7 @@ class ExtProcSession:
         mode = self._options.response_body_mode
         if self._finished or self._response_done or mode == "none":
             return decision
+
         try:
             self._send(response_body=pb.HttpBody(body=body, end_of_stream=True))
             self._response_done = True
@@ -347,6 +348,7 @@ class ExtProcSession:
             decision.outcome, decision.error, decision.immediate = self._failure_fields(failure)
             decision.latency_ms = _since(started)
             return decision
+
         decision.outcome = "ok"
         if result.immediate is not None:
             self._finished = True

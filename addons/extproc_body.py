@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class BodyResult:
-    """The router's answer to one body: the new body (None when unchanged) or an immediate reply."""
+    """The router's reply to one body: the new body (None when unchanged) or an immediate reply."""
 
     body: bytes | None
     immediate: pb.ProcessingResponse | None = None
@@ -35,7 +35,7 @@ async def exchange_body(
     `kind` is `request_body` or `response_body`. In `fullDuplexStreamed` the router may
     return the new body as `streamed_response` chunks, read until one has end_of_stream.
     Header mutations apply unless the mode is `streamed`, because in every other mode the
-    gateway still holds the headers of that message.
+    gateway has not forwarded the headers of that message yet.
     """
     chunks: list[bytes] = []
     while True:
@@ -75,12 +75,12 @@ def observe_chunk(session: ExtProcSession, chunk: bytes, end_of_stream: bool) ->
         return
     if mode in ("buffered", "bufferedPartial"):
         # NOTE: the held copy grows with the stream; it only feeds the router at the end.
-        if session._held is None:
-            session._held = bytearray()
-        session._held += chunk
+        if session._held_body is None:
+            session._held_body = bytearray()
+        session._held_body += chunk
         if not end_of_stream:
             return
-        chunk, session._held = bytes(session._held), None
+        chunk, session._held_body = bytes(session._held_body), None
 
     session._send(response_body=pb.HttpBody(body=chunk, end_of_stream=end_of_stream))
     if end_of_stream:

@@ -158,9 +158,9 @@ def apply_body_mutation(mutation: pb.BodyMutation, body: bytes) -> bytes | None:
 
 def set_content_length(headers: list[Header], body: bytes) -> list[Header]:
     """Return headers whose single `content-length` matches the body."""
-    kept = [(key, value) for key, value in headers if key.lower() != "content-length"]
-    kept.append(("content-length", str(len(body))))
-    return kept
+    other_headers = [(key, value) for key, value in headers if key.lower() != "content-length"]
+    other_headers.append(("content-length", str(len(body))))
+    return other_headers
 
 
 def headers_to_proto(headers: list[Header]) -> base_pb2.HeaderMap:
@@ -176,7 +176,7 @@ def headers_to_proto(headers: list[Header]) -> base_pb2.HeaderMap:
 def immediate_from_proto(message: pb.ImmediateResponse) -> ImmediateResponse:
     """Convert the router's `immediate_response` into the response the gateway sends.
 
-    Envoy answers 200 when the status is missing or below 200, and sends the body as
+    Envoy sends 200 when the status is missing or below 200, and sends the body as
     text/plain unless the router set a content type.
     """
     status = message.status.code if message.HasField("status") else 0
@@ -195,7 +195,7 @@ def immediate_from_proto(message: pb.ImmediateResponse) -> ImmediateResponse:
 def failure_response(target: str, reason: str, code: str) -> ImmediateResponse:
     """Build the OpenAI-style error the gateway sends when the router fails and failClosed is set.
 
-    `code` is `router_timeout` (answered with 504), `router_unavailable` or
+    `code` is `router_timeout` (sent as 504), `router_unavailable` or
     `router_protocol_error` (both 500).
     """
     status = 504 if code == "router_timeout" else 500

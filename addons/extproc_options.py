@@ -50,7 +50,7 @@ class ProcessingOptionsError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class ProcessingOptions:
-    """Which parts of a request and its response go to the ext_proc router, and how."""
+    """Selection of the request and response parts sent to the ext_proc router, and how they are sent."""
 
     request_header_mode: str = "send"
     response_header_mode: str = "send"

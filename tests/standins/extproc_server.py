@@ -154,7 +154,7 @@ class ExtProcServer:
         if phase == "request_body":
             state.setdefault("body", bytearray()).extend(message.request_body.body)
             if state.get("full_duplex") and not message.request_body.end_of_stream:
-                return None  # wait for the whole body before answering
+                return None  # wait for the whole body before replying
             return self._body_reply(bytes(state["body"]), state, vllm)
         if phase == "response_headers":
             return self._response_headers_reply(message, state, vllm)
@@ -239,7 +239,7 @@ def main() -> None:
     """Run the stand-in router until interrupted."""
     parser = argparse.ArgumentParser(description="Stand-in ext_proc router for meterway tests.")
     parser.add_argument("--port", type=int, default=50051, help="TCP port on 127.0.0.1 to listen on.")
-    parser.add_argument("--mode", choices=("keywords", "vllm"), default="vllm", help="How the router answers.")
+    parser.add_argument("--mode", choices=("keywords", "vllm"), default="vllm", help="keywords sets x-selected-model; vllm also rewrites auto model names.")
     parser.add_argument("--delay", type=float, default=0.0, help="Seconds to wait before each reply.")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
