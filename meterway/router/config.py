@@ -28,7 +28,7 @@ _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)
 class RouterConfigError(Exception):
     """Raised when a router config file cannot be read or is invalid.
 
-    `problems` holds one readable line per problem: file:line, key path, what is wrong, the fix.
+    `problems` contains one readable line per problem: file:line, key path, what is wrong, the fix.
     """
 
     def __init__(self, problems: list[str]) -> None:

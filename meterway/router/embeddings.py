@@ -1,8 +1,8 @@
 """The embedding classifier: an OpenAI-compatible `/v1/embeddings` client and the example index.
 
 Route examples are embedded once at start and kept as unit vectors. Each prompt costs one
-embeddings request, bounded by the configured timeout. When the endpoint is down the router
-keeps answering with rules and the default, and rebuilds the index in the background later.
+embeddings request, bounded by the configured timeout. When the endpoint is down,
+requests are routed by the rules and the default, and the index is rebuilt in the background.
 """
 
 from __future__ import annotations
@@ -64,10 +64,13 @@ class EmbeddingClient:
     async def embed(self, texts: Sequence[str], timeout: float | None = None) -> list[list[float]]:
         """Return one embedding per text, in order; raise EmbeddingError on any failure."""
         payload = {"model": self.model, "input": list(texts)}
+        limit = timeout or self.timeout
         try:
-            response = await asyncio.wait_for(self._http.post(self.url, json=payload), timeout or self.timeout)
+            # httpx's timeout applies per connect/read step; wait_for bounds the whole request.
+            request = self._http.post(self.url, json=payload, timeout=limit)
+            response = await asyncio.wait_for(request, limit)
         except (TimeoutError, httpx.TimeoutException):
-            raise EmbeddingError(f"{self.url} timed out after {timeout or self.timeout:g} s") from None
+            raise EmbeddingError(f"{self.url} timed out after {limit:g} s") from None
         except httpx.HTTPError as error:
             raise EmbeddingError(f"{self.url} failed: {type(error).__name__}: {error}") from None
         if response.status_code != 200:
@@ -140,8 +143,8 @@ class EmbeddingClassifier:
     async def similarity(self, text: str) -> tuple[int, float] | None:
         """Return (route index, cosine) of the closest example, or None when unavailable.
 
-        Never raises and never waits longer than the configured timeout: a failure logs a
-        (rate-limited) warning and the caller falls back to the default.
+        Raises no EmbeddingError, and the embeddings request is cancelled after the configured
+        timeout. A failure logs a rate-limited warning, and the caller uses the default.
         """
         if self.examples is None:
             self._schedule_rebuild()

@@ -6,6 +6,7 @@ that the ext_proc server sends back to the proxy.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -18,10 +19,13 @@ from meterway.router.embeddings import EmbeddingClassifier
 
 logger = logging.getLogger(__name__)
 
+# Prompts longer than this (in characters) are matched against the rules in a worker thread.
+LARGE_PROMPT_CHARS = 65536
+
 
 @dataclass(frozen=True)
 class BodyResult:
-    """What to do with one request body.
+    """The outcome for one request body.
 
     `header_value` is the model for the routing header (None: set no header); `body` is the
     new body, or None when the body stays unchanged.
@@ -67,7 +71,13 @@ class RouterEngine:
     async def classify(self, body: dict[str, Any]) -> Decision | None:
         """Decide the route for a parsed body: rules, then embeddings, then the default."""
         text = extract_prompt(body)
-        if text:
+        if text and len(text) > LARGE_PROMPT_CHARS:
+            # Regexes over a long prompt take a while (about 0.3 s per pattern for 4.8 MB),
+            # so a thread runs them and other streams keep being answered in between.
+            by_rule = await asyncio.to_thread(match_rules, text, self.routes)
+            if by_rule is not None:
+                return by_rule
+        elif text:
             by_rule = match_rules(text, self.routes)
             if by_rule is not None:
                 return by_rule
@@ -95,8 +105,9 @@ class RouterEngine:
         requested = body.get("model") if isinstance(body.get("model"), str) else None
         changed = False
 
-        if requested is not None and requested not in self.auto_models:
-            # The client named a model: no classification. A route model still gets the
+        if _is_embeddings(path) or (requested is not None and requested not in self.auto_models):
+            # The client named a model, or the request is for embeddings, not generation:
+            # no classification. A route model still gets the
             # header so the gateway's header routes apply; an unknown one passes untouched.
             decision = None
             header_value = requested if requested in self.known_models else None
@@ -149,3 +160,7 @@ def _accepts_stream_options(path: str | None, body: dict[str, Any]) -> bool:
         return bare.endswith("/chat/completions") or bare.endswith("/v1/completions")
     # Without a path, only the chat shape qualifies, and Anthropic's `system` field rules it out.
     return isinstance(body.get("messages"), list) and "system" not in body
+
+
+def _is_embeddings(path: str | None) -> bool:
+    return bool(path) and path.split("?", 1)[0].rstrip("/").endswith("/embeddings")

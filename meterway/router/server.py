@@ -21,11 +21,14 @@ from meterway.router.engine import BodyResult, RouterEngine
 logger = logging.getLogger(__name__)
 
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+# gRPC's default 4 MiB limit is below the request bodies a gateway buffers (agentgateway's
+# maxBufferSize is often set to 32 MiB), and a buffered body travels in one message.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 @dataclass
 class StreamState:
-    """What one stream has seen so far; kept only for the life of the stream."""
+    """The messages one stream has seen so far, kept only for the life of the stream."""
 
     headers_seen: bool = False
     method: str = ""
@@ -54,13 +57,13 @@ def read_headers(message: pb.HttpHeaders) -> dict[str, str]:
 
 
 class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
-    """Answers ext_proc streams with the decisions of a RouterEngine."""
+    """Handles ext_proc streams, replying with the decisions of a RouterEngine."""
 
     def __init__(self, engine: RouterEngine) -> None:
         self.engine = engine
 
     async def Process(self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ProcessingResponse]:  # noqa: N802 (gRPC method name)
-        """Answer each message of one stream in order."""
+        """Send one response per message of one stream, in order."""
         state = StreamState()
         async for request in request_iterator:
             response = await self.handle(request, state)
@@ -104,7 +107,7 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
         body = self.engine.models_listing()
         headers = pb.HeaderMutation(set_headers=[header_option("content-type", "application/json")])
         immediate = pb.ImmediateResponse(status=http_status_pb2.HttpStatus(code=http_status_pb2.OK), headers=headers, body=body)
-        logger.debug("answered GET /v1/models with %d models", len(self.engine.config.route_models()))
+        logger.debug("sent an immediate response to GET /v1/models (%d bytes)", len(body))
         return pb.ProcessingResponse(immediate_response=immediate)
 
     async def _request_body(self, message: pb.HttpBody, state: StreamState) -> pb.ProcessingResponse:
@@ -122,7 +125,12 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
             return unchanged
 
         state.body_done = True
-        result = await self.engine.route_body(message.body, state.path or None)
+        try:
+            result = await self.engine.route_body(message.body, state.path or None)
+        except Exception:
+            # A router bug must not fail the user's request: the body passes unchanged.
+            logger.exception("routing the request body for %s %s failed; continuing unchanged", state.method, state.path)
+            return unchanged
         state.result = result
         return pb.ProcessingResponse(request_body=pb.BodyResponse(response=self._body_changes(result)))
 
@@ -172,7 +180,10 @@ class RouterServer:
     async def start(self) -> int:
         """Embed the route examples, bind and start serving; return the bound port."""
         await self.engine.start()
-        server = grpc.aio.server()
+        server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ])
         pb_grpc.add_ExternalProcessorServicer_to_server(ExtProcServicer(self.engine), server)
         try:
             port = server.add_insecure_port(self.listen)
