@@ -49,7 +49,7 @@ class SSEParser:
     """Split a byte stream into `SSEEvent`s, whatever the chunk boundaries are.
 
     Lines are cut on bytes: CR and LF never occur inside a multi-byte UTF-8 sequence, so a
-    complete line always holds complete characters and is decoded only once it is complete.
+    complete line always contains complete characters and is decoded only once it is complete.
     """
 
     def __init__(self) -> None:
@@ -100,7 +100,12 @@ class SSEParser:
                 next_lf = buffer.find(b"\n", start)
             if next_cr < 0 and next_lf < 0:
                 break
-            end = next_lf if next_cr < 0 else next_cr if next_lf < 0 else min(next_cr, next_lf)
+            if next_cr < 0:
+                end = next_lf
+            elif next_lf < 0:
+                end = next_cr
+            else:
+                end = min(next_cr, next_lf)
             if buffer[end] == _CR:
                 if end + 1 < length:
                     terminator_end = end + 2 if buffer[end + 1] == _LF else end + 1
@@ -174,7 +179,7 @@ class UsageEventFilter:
     """Remove the usage-only chunk from an OpenAI-style chat completions stream.
 
     Use it when the gateway itself turned on `stream_options.include_usage` and the client did
-    not ask for usage. The output is the input bytes minus the usage-only events; bytes of an
+    not ask for usage. The output is the input bytes minus the usage-only events. Bytes of an
     event that is not complete yet are held back until it completes or `finish()` is called.
     """
 

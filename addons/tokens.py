@@ -79,7 +79,7 @@ def _build_encoding(name: str) -> tiktoken.Encoding:
     if constructor is None:
         raise EncodingDataError(
             f"unknown encoding {name!r}; bundled encodings are {sorted(_constructors)}")
-    # tiktoken's own constructor holds the regex pattern, special tokens and expected hash.
+    # tiktoken's own constructor contains the regex pattern, special tokens and expected hash.
     # Its loader is swapped for one that reads the bundled file, so no URL is ever opened.
     original_loader = openai_public.load_tiktoken_bpe
     openai_public.load_tiktoken_bpe = _bundled_loader(name)

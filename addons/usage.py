@@ -53,7 +53,7 @@ _warned_mismatch: set[str] = set()
 
 
 class UsageTracker:
-    """Gather usage, model and answer text of one reply for one API and provider."""
+    """Gather usage, model and output text of one reply for one API and provider."""
 
     def __init__(self, api: str, provider: str | None) -> None:
         self.api = api
@@ -86,7 +86,7 @@ class UsageTracker:
 
     @property
     def text(self) -> str:
-        """Answer text collected so far."""
+        """Output text collected so far."""
         return self.reply.text
 
     @property
@@ -114,7 +114,7 @@ class UsageTracker:
         return usage
 
     def estimate(self, request_obj: Any, model: str | None) -> Usage:
-        """Count prompt and answer tokens with tiktoken, for replies without usage.
+        """Count prompt and output tokens with tiktoken, for replies without usage.
 
         NOTE: only text is counted, without the few tokens per message that chat formats add
         and without images or audio, so the estimate is low for short or multimodal chats.

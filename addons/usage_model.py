@@ -1,7 +1,7 @@
 """The `Usage` record and the per-provider rules that turn a usage object into one.
 
 Each `*_usage` function reads one provider's usage object as the provider documents it.
-`addons/usage.py` also asks genai-prices for the same numbers where its extractor covers the
+`addons/usage.py` also gets the same numbers from genai-prices where its extractor covers the
 format, and these functions are the reference its results are checked against.
 """
 
@@ -19,7 +19,7 @@ class Usage:
 
     `input_tokens` is all input, cache buckets included; `cached_input_tokens` (cache reads)
     and `cache_write_tokens` are parts of it. `output_tokens` is all output, reasoning included;
-    `reasoning_tokens` is part of it. A field is None when nobody reported or estimated it.
+    `reasoning_tokens` is part of it. A field is None when it was neither reported nor estimated.
     """
 
     input_tokens: int | None = None
@@ -39,7 +39,7 @@ class Usage:
 
     @property
     def is_empty(self) -> bool:
-        """True when the record holds no input or output count."""
+        """True when the record has no input or output count."""
         return self.input_tokens is None and self.output_tokens is None
 
     def counts(self) -> tuple[int | None, ...]:

@@ -1,4 +1,4 @@
-"""Collect the answer text and tool calls of a reply, and the prompt text of a request.
+"""Collect the output text and tool calls of a reply, and the prompt text of a request.
 
 The text serves two readers: the full-text index of the request log, and the tiktoken
 estimate when a provider returned no usage.
@@ -47,7 +47,7 @@ def _walk(value: Any, parts: list[str], key: str | None) -> None:
 
 
 class ReplyText:
-    """Answer text and tool calls gathered from whole bodies and stream events."""
+    """Output text and tool calls gathered from whole bodies and stream events."""
 
     def __init__(self) -> None:
         self._text: list[str] = []
@@ -56,7 +56,7 @@ class ReplyText:
         self._order: list[str] = []
 
     def add_text(self, text: Any) -> None:
-        """Append answer text; ignore anything that is not a non-empty string."""
+        """Append output text; ignore anything that is not a non-empty string."""
         if isinstance(text, str) and text:
             self._text.append(text)
 
@@ -75,7 +75,7 @@ class ReplyText:
 
     @property
     def text(self) -> str:
-        """All answer text in arrival order."""
+        """All output text in arrival order."""
         return "".join(self._text)
 
     @property
@@ -88,7 +88,7 @@ class ReplyText:
         return not self._text and not self._tools
 
     def count_text(self) -> str:
-        """Return the answer text plus tool names and arguments, the text an estimate counts."""
+        """Return the output text plus tool names and arguments, the text an estimate counts."""
         pieces = [self.text] + [f"{name} {args}" for name, args in self.tool_calls]
         return "\n".join(p for p in pieces if p)
 
