@@ -8,7 +8,8 @@ from datasette import hookimpl
 
 from .log_database import log_database
 
-PLUGIN = "datasette_plugins"
+# Datasette names the static mount after the distribution that registered the package.
+PLUGIN = "meterway"
 
 
 @hookimpl

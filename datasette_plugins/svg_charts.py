@@ -121,14 +121,15 @@ def stacked_bars(labels: Sequence[str], series: Sequence[Series], fmt: Formatter
 
 def horizontal_bars(rows: Sequence[tuple[str, float, str]], label: str) -> Markup:
     """Draw one horizontal bar per (name, value, shown value) row, longest first as given."""
-    row_height, left, right = 26, 220, 800
+    # Sized for a half-width panel, so labels stay readable when the SVG scales down.
+    row_height, left, right = 26, 170, 470
     height = row_height * max(1, len(rows)) + 6
     top_value = max((value for _, value, _ in rows), default=0) or 1
     body = []
     for index, (name, value, shown) in enumerate(rows):
         y = 4 + index * row_height
         w = max(1.0, (right - left) * value / top_value) if value > 0 else 0
-        short = name if len(name) <= 32 else name[:31] + "…"
+        short = name if len(name) <= 24 else name[:23] + "…"
         body.append(
             f'<text class="label" x="{left - 8}" y="{y + 16}" text-anchor="end">'
             f"<title>{escape(name)}</title>{escape(short)}</text>"
@@ -136,13 +137,13 @@ def horizontal_bars(rows: Sequence[tuple[str, float, str]], label: str) -> Marku
             f'fill="{colour_for(index, name)}"><title>{escape(name)}: {escape(shown)}</title></rect>'
             f'<text class="value" x="{left + w + 6:.1f}" y="{y + 16}">{escape(shown)}</text>'
         )
-    return _svg(900, height, body, label)
+    return _svg(560, height, body, label)
 
 
 def latency_ranges(rows: Sequence[tuple[str, float | None, float | None, float | None]],
                    fmt: Formatter, label: str = "Latency percentiles per model") -> Markup:
     """Draw p50, p95 and p99 per model as nested bars on one shared axis."""
-    row_height, left, right, axis_height = 28, 220, 860, 22
+    row_height, left, right, axis_height = 28, 170, 530, 22
     height = row_height * max(1, len(rows)) + axis_height + 6
     top_value = nice_max(max((p99 or p95 or p50 or 0 for _, p50, p95, p99 in rows), default=0))
     scale = (right - left) / top_value
@@ -157,7 +158,7 @@ def latency_ranges(rows: Sequence[tuple[str, float | None, float | None, float |
         )
     for index, (name, p50, p95, p99) in enumerate(rows):
         y = 4 + index * row_height
-        short = name if len(name) <= 32 else name[:31] + "…"
+        short = name if len(name) <= 24 else name[:23] + "…"
         body.append(
             f'<text class="label" x="{left - 8}" y="{y + 17}" text-anchor="end">'
             f"<title>{escape(name)}</title>{escape(short)}</text>"
@@ -170,7 +171,7 @@ def latency_ranges(rows: Sequence[tuple[str, float | None, float | None, float |
                 f'width="{max(1.0, value * scale):.1f}" height="{row_height - 6 - 2 * inset}">'
                 f"<title>{escape(name)} {css}: {escape(fmt(value))}</title></rect>"
             )
-    return _svg(900, height + 4, body, label)
+    return _svg(560, height + 4, body, label)
 
 
 def error_rate_line(labels: Sequence[str], rates: Sequence[float | None],

@@ -83,9 +83,9 @@ def build_sample_log(path: Path, rows: int = 240, now_ms: int | None = None, see
     return written
 
 
-@pytest.fixture
-def log_path(tmp_path: Path) -> Path:
-    path = tmp_path / "meterway.db"
+@pytest.fixture(scope="module")
+def log_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("log") / "meterway.db"
     build_sample_log(path)
     return path
 
@@ -106,3 +106,183 @@ async def test_pages_answer_200(ds: Datasette) -> None:
                  "/-/meterway/request/req00001"]:
         response = await ds.client.get(path)
         assert response.status_code == 200, path
+
+
+def _sql_totals(path: Path, start_ms: int, end_ms: int) -> dict[str, float]:
+    conn = sqlite3.connect(path)
+    calls, tokens, cost, errors = conn.execute(
+        "SELECT count(*), sum(total_tokens), sum(cost_usd), sum(coalesce(outcome, '') <> 'ok') "
+        "FROM requests WHERE started_ms >= ? AND started_ms < ?", (start_ms, end_ms)).fetchone()
+    conn.close()
+    return {"calls": calls, "tokens": tokens, "cost": cost, "errors": errors}
+
+
+def _shown_total(html: str, label: str) -> str:
+    marker = f'data-total="{label}"'
+    section = html.split(marker, 1)[1]
+    return section.split('class="mw-total-value">', 1)[1].split("</span>", 1)[0]
+
+
+@pytest.mark.parametrize("preset", ["1h", "30d"])
+async def test_analytics_totals_match_sql(ds: Datasette, log_path: Path, preset: str) -> None:
+    from datasette_plugins.formatting import format_cost, format_count, format_percent
+    from datasette_plugins.time_range import parse_range
+
+    now_ms = int(time.time() * 1000)
+    response = await ds.client.get(f"/-/meterway?range={preset}")
+    assert response.status_code == 200
+    # The page computes its own "now"; redo the range the same way within the same hour.
+    time_range = parse_range({"range": preset}, now_ms=now_ms)
+    expected = _sql_totals(log_path, time_range.start_ms, time_range.end_ms)
+    assert expected["calls"] > 0
+    assert _shown_total(response.text, "Calls") == format_count(expected["calls"])
+    assert _shown_total(response.text, "Tokens") == format_count(expected["tokens"])
+    assert _shown_total(response.text, "Cost") == format_cost(expected["cost"])
+    assert _shown_total(response.text, "Error rate") == format_percent(expected["errors"] / expected["calls"])
+    assert "approximate" in response.text
+
+
+async def test_analytics_draws_charts(ds: Datasette) -> None:
+    response = await ds.client.get("/-/meterway?range=30d&group=provider")
+    assert response.text.count('class="mw-chart"') == 4
+    assert response.text.count('<rect class="bar"') > 10
+    assert "/-/meterway/request/req" in response.text
+    assert "anthropic" in response.text
+
+
+async def test_analytics_filter_narrows_totals(ds: Datasette, log_path: Path) -> None:
+    response = await ds.client.get("/-/meterway?range=30d&provider=anthropic")
+    conn = sqlite3.connect(log_path)
+    (count,) = conn.execute("SELECT count(*) FROM requests WHERE provider = 'anthropic'").fetchone()
+    conn.close()
+    assert _shown_total(response.text, "Calls") == f"{count:,}"
+
+
+async def test_analytics_empty_range(ds: Datasette) -> None:
+    response = await ds.client.get("/-/meterway?from=2001-01-01&to=2001-01-02")
+    assert response.status_code == 200
+    assert "No requests in this range" in response.text
+
+
+async def test_analytics_empty_database(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(empty).close()
+    datasette = Datasette([str(empty)])
+    response = await datasette.client.get("/-/meterway")
+    assert response.status_code == 200
+    assert "No request log yet" in response.text
+
+
+async def test_analytics_fresh_log_without_rows(tmp_path: Path) -> None:
+    path = tmp_path / "fresh.db"
+    store = RequestStore(path)
+    store.start()
+    store.stop()
+    datasette = Datasette([str(path)])
+    for preset in ("1h", "24h", "30d"):
+        response = await datasette.client.get(f"/-/meterway?range={preset}")
+        assert response.status_code == 200
+        assert "No requests in this range" in response.text
+
+
+async def test_analytics_bad_range_is_explained(ds: Datasette) -> None:
+    response = await ds.client.get("/-/meterway?from=yesterday")
+    assert response.status_code == 400
+    assert "is not a date or time" in response.text
+
+
+async def test_root_redirects_to_analytics(ds: Datasette) -> None:
+    response = await ds.client.get("/")
+    assert response.status_code == 302
+    assert response.headers["location"] == "/-/meterway"
+
+
+def test_render_cell_formats() -> None:
+    row = {"routed_model": "qwen2.5-coder:7b", "cached_input_tokens": 300, "reasoning_tokens": 0}
+    assert str(render_request_cell(row, "MoM", "requested_model", "")) == "MoM → qwen2.5-coder:7b"
+    assert render_request_cell({"routed_model": "MoM"}, "MoM", "requested_model", "") is None
+    assert "mw-status-5xx" in render_request_cell(row, 502, "status", "")
+    assert "mw-status-none" in render_request_cell(row, None, "status", "")
+    assert "1.50 s" in render_request_cell(row, 1500.0, "duration_ms", "")
+    assert "850 ms" in render_request_cell(row, 850.0, "ttft_ms", "")
+    assert "$0.0123" in render_request_cell(row, 0.0123, "cost_usd", "")
+    assert "unpriced" in render_request_cell(row, None, "cost_usd", "")
+    assert "1,200" in render_request_cell(row, 1200, "input_tokens", "")
+    assert "300 cached" in render_request_cell(row, 1200, "input_tokens", "")
+    assert "reasoning" not in render_request_cell(row, 50, "output_tokens", "")
+    link = render_request_cell(row, "a<b", "id", "/-/meterway/request/a<b")
+    assert str(link) == '<a href="/-/meterway/request/a&lt;b">a&lt;b</a>'
+
+
+async def test_logs_table_uses_render_cell(ds: Datasette) -> None:
+    response = await ds.client.get("/meterway/requests")
+    assert response.status_code == 200
+    assert 'href="/-/meterway/request/req' in response.text
+    assert "MoM → qwen2.5-coder:7b" in response.text
+    assert "mw-status-2xx" in response.text
+    assert "meterway.js" in response.text
+
+
+async def test_logs_facets_sort_and_search(ds: Datasette) -> None:
+    data = (await ds.client.get("/meterway/requests.json?_shape=objects&_extra=facet_results")).json()
+    started = [row["started_ms"] for row in data["rows"]]
+    assert started == sorted(started, reverse=True)
+    facets = (await ds.client.get("/meterway/requests.json")).json()["facet_results"]
+    assert {"status", "outcome", "provider", "routed_model", "is_replay"} <= set(facets)
+    found = (await ds.client.get("/meterway/requests.json?_search=widgets&_shape=objects")).json()
+    assert found["filtered_table_rows_count"] == 239
+
+
+async def test_request_page_escapes_prompt(ds: Datasette) -> None:
+    response = await ds.client.get("/-/meterway/request/req00000")
+    assert response.status_code == 200
+    assert HOSTILE_PROMPT not in response.text
+    assert "&lt;script&gt;alert(" in response.text
+    assert "<img src=x" not in response.text
+    for part in ("Client sent", "Gateway sent", "Provider returned", "mw-role-user",
+                 "lookup", "Time to first byte", "Router outcome", "[redacted]"):
+        assert part in response.text, part
+
+
+async def test_request_page_unknown_id(ds: Datasette) -> None:
+    response = await ds.client.get("/-/meterway/request/nope")
+    assert response.status_code == 404
+
+
+async def test_flow_download_reads_back(ds: Datasette) -> None:
+    response = await ds.client.get("/-/meterway/request/req00003.mitm")
+    assert response.status_code == 200
+    assert "attachment" in response.headers["content-disposition"]
+    flows = list(mitm_io.FlowReader(io.BytesIO(response.content)).stream())
+    assert len(flows) == 1
+    assert flows[0].metadata["meterway"]["id"] == "req00003"
+
+
+async def test_mitm_renderer_exports_selection(ds: Datasette) -> None:
+    response = await ds.client.get("/meterway/requests.mitm?provider__exact=anthropic&_size=max")
+    assert response.status_code == 200
+    flows = list(mitm_io.FlowReader(io.BytesIO(response.content)).stream())
+    assert len(flows) == 60
+    assert all(flow.metadata["meterway"]["id"].startswith("req") for flow in flows)
+
+
+@pytest.mark.parametrize("name", ["cost_by_model_per_day", "errors_last_24h", "failed_open",
+                                  "unpriced_models"])
+async def test_canned_queries_run(ds: Datasette, name: str) -> None:
+    response = await ds.client.get(f"/meterway/{name}.json?_shape=objects")
+    assert response.status_code == 200, response.text
+    rows = response.json()["rows"]
+    if name == "unpriced_models":
+        assert rows[0]["model"] == "gemini-2.0-flash"
+        assert rows[0]["unpriced_requests"] == 60
+    if name == "cost_by_model_per_day":
+        assert rows
+
+
+async def test_password_guards_every_page(log_path: Path) -> None:
+    datasette = Datasette([str(log_path)], metadata={"plugins": {"meterway": {"password": "s3cret"}}})
+    assert (await datasette.client.get("/-/meterway")).status_code == 401
+    wrong = await datasette.client.get("/-/meterway", auth=("any", "wrong"))
+    assert wrong.status_code == 401
+    right = await datasette.client.get("/-/meterway", auth=("any", "s3cret"))
+    assert right.status_code == 200
