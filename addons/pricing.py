@@ -33,6 +33,8 @@ GENAI_PRICES_SOURCE = f"genai-prices {genai_prices.__version__}"
 # agentgateway catalog provider ids -> genai-prices provider ids.
 GENAI_PROVIDER_IDS = {"openai": "openai", "anthropic": "anthropic", "gcp.gemini": "google",
                       "gcp.vertex_ai": "google"}
+# NOTE: inputAudio and outputAudio are accepted but not applied, because `Usage` has no audio
+# token counts; audio tokens are priced at the text rates.
 RATE_KEYS = {"input": "input", "output": "output", "cacheRead": "cache_read",
              "cacheWrite": "cache_write", "reasoning": "reasoning",
              "inputAudio": "input_audio", "outputAudio": "output_audio"}
