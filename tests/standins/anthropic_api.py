@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from aiohttp import web
 
-from tests.standins.base import AnswerPlan, StandIn, new_id, sse
+from tests.standins.base import RECEIVED, AnswerPlan, StandIn, new_id, sse
 from tests.standins.recorder import ReceivedRequest, collect_text, count_words, deep_merge, sample_arguments
 
 logger = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ class AnthropicStandIn(StandIn):
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
         """Answer POST /v1/messages, streamed when the body says `stream: true`."""
-        body = request["received"].json
+        body = request[RECEIVED].json
         if not isinstance(body, dict) or "model" not in body or "messages" not in body:
             return self.error_response(request, 400, self.error_body(400, "model: Field required"))
         if "max_tokens" not in body:
@@ -180,7 +180,7 @@ class AnthropicStandIn(StandIn):
 
     async def count_tokens(self, request: web.Request) -> web.StreamResponse:
         """Answer POST /v1/messages/count_tokens with the prompt's word count."""
-        body = request["received"].json or {}
+        body = request[RECEIVED].json or {}
         words = count_words(" ".join(collect_text(self._prompt(body))))
         return self.json_response(request, {"input_tokens": words})
 

@@ -11,7 +11,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable, ClassVar
+from typing import Any, ClassVar
 
 from aiohttp import web
 
@@ -26,8 +26,9 @@ from tests.standins.tls import TestCA, shared_ca
 
 logger = logging.getLogger(__name__)
 
-Handler = Callable[[web.Request, ReceivedRequest], Awaitable[web.StreamResponse]]
 ErrorSpec = tuple[int, Any, dict[str, str] | None]
+RECEIVED = web.RequestKey("received", ReceivedRequest)
+STREAM = web.RequestKey("stream_response", web.StreamResponse)
 
 
 class ClientGone(Exception):
@@ -236,7 +237,7 @@ class StandIn:
     async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         received = await read_request(request)
         self.received.append(received)
-        request["received"] = received
+        request[RECEIVED] = received
 
         denied = self.check_auth(request, received)
         if denied is not None:
@@ -254,7 +255,7 @@ class StandIn:
             # closes the connection instead of logging an unhandled error.
             self.disconnects += 1
             logger.info("%s stand-in: client left during %s", self.provider, request.path)
-            return request["stream_response"]
+            return request[STREAM]
 
     async def _unknown_path(self, request: web.Request) -> web.Response:
         message = f"{self.provider} stand-in serves no {request.method} {request.path}"
@@ -364,7 +365,7 @@ class StandIn:
             },
         )
         await response.prepare(request)
-        request["stream_response"] = response
+        request[STREAM] = response
         return response
 
     async def write_event(self, response: web.StreamResponse, data: bytes, delay: bool = True) -> None:

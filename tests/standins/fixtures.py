@@ -20,12 +20,16 @@ from tests.standins.openai_api import OpenAIStandIn
 from tests.standins.tls import TestCA, shared_ca
 
 __all__ = [
+    "anthropic_session_server",
     "anthropic_standin",
     "anthropic_standin_session",
+    "gemini_session_server",
     "gemini_standin",
     "gemini_standin_session",
+    "ollama_session_server",
     "ollama_standin",
     "ollama_standin_session",
+    "openai_session_server",
     "openai_standin",
     "openai_standin_session",
     "tls_ca",
@@ -71,48 +75,48 @@ def ollama_standin() -> Iterator[OllamaStandIn]:
 
 
 @pytest.fixture(scope="session")
-def _openai_session_server() -> Iterator[OpenAIStandIn]:
+def openai_session_server() -> Iterator[OpenAIStandIn]:
     yield from _serve(OpenAIStandIn())  # type: ignore[misc]
 
 
 @pytest.fixture(scope="session")
-def _gemini_session_server() -> Iterator[GeminiStandIn]:
+def gemini_session_server() -> Iterator[GeminiStandIn]:
     yield from _serve(GeminiStandIn())  # type: ignore[misc]
 
 
 @pytest.fixture(scope="session")
-def _anthropic_session_server() -> Iterator[AnthropicStandIn]:
+def anthropic_session_server() -> Iterator[AnthropicStandIn]:
     yield from _serve(AnthropicStandIn())  # type: ignore[misc]
 
 
 @pytest.fixture(scope="session")
-def _ollama_session_server() -> Iterator[OllamaStandIn]:
+def ollama_session_server() -> Iterator[OllamaStandIn]:
     yield from _serve(OllamaStandIn())  # type: ignore[misc]
 
 
 @pytest.fixture
-def openai_standin_session(_openai_session_server: OpenAIStandIn) -> OpenAIStandIn:
+def openai_standin_session(openai_session_server: OpenAIStandIn) -> OpenAIStandIn:
     """Return the session's shared OpenAI stand-in, its record and one-shot overrides cleared."""
-    _openai_session_server.reset()
-    return _openai_session_server
+    openai_session_server.reset()
+    return openai_session_server
 
 
 @pytest.fixture
-def gemini_standin_session(_gemini_session_server: GeminiStandIn) -> GeminiStandIn:
+def gemini_standin_session(gemini_session_server: GeminiStandIn) -> GeminiStandIn:
     """Return the session's shared Gemini stand-in, its record and one-shot overrides cleared."""
-    _gemini_session_server.reset()
-    return _gemini_session_server
+    gemini_session_server.reset()
+    return gemini_session_server
 
 
 @pytest.fixture
-def anthropic_standin_session(_anthropic_session_server: AnthropicStandIn) -> AnthropicStandIn:
+def anthropic_standin_session(anthropic_session_server: AnthropicStandIn) -> AnthropicStandIn:
     """Return the session's shared Anthropic stand-in, its record and one-shot overrides cleared."""
-    _anthropic_session_server.reset()
-    return _anthropic_session_server
+    anthropic_session_server.reset()
+    return anthropic_session_server
 
 
 @pytest.fixture
-def ollama_standin_session(_ollama_session_server: OllamaStandIn) -> OllamaStandIn:
+def ollama_standin_session(ollama_session_server: OllamaStandIn) -> OllamaStandIn:
     """Return the session's shared Ollama stand-in, its record and one-shot overrides cleared."""
-    _ollama_session_server.reset()
-    return _ollama_session_server
+    ollama_session_server.reset()
+    return ollama_session_server

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from aiohttp import web
 
-from tests.standins.base import AnswerPlan, new_id, sse
+from tests.standins.base import RECEIVED, AnswerPlan, new_id, sse
 from tests.standins.openai_api import OpenAIStandIn
 from tests.standins.recorder import ReceivedRequest, count_words, deep_merge, sample_arguments
 
@@ -36,7 +36,7 @@ def pick_tool(body: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
     """
     declarations = [d for tool in body.get("tools") or [] for d in tool.get("functionDeclarations") or []]
     mode = ((body.get("toolConfig") or {}).get("functionCallingConfig") or {}).get("mode")
-    if not declarations or str(mode).upper() == "NONE":
+    if not declarations or (mode or "").upper() == "NONE":
         return None
     contents = body.get("contents") or []
     last_parts = (contents[-1].get("parts") or []) if contents and isinstance(contents[-1], dict) else []
@@ -136,7 +136,7 @@ class GeminiStandIn(OpenAIStandIn):
         model, _, method = request.match_info["call"].partition(":")
         if method not in ("generateContent", "streamGenerateContent"):
             return self.error_response(request, 404, self.error_body(404, f"Method {method!r} is not served by the stand-in."))
-        body = request["received"].json
+        body = request[RECEIVED].json
         if not isinstance(body, dict) or not body.get("contents"):
             return self.error_response(request, 400, self.error_body(400, "* GenerateContentRequest.contents: contents is not specified"))
         if self.known_models is not None and model not in self.known_models:

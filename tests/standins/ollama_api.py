@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 from aiohttp import web
 
-from tests.standins.base import AnswerPlan
+from tests.standins.base import RECEIVED, AnswerPlan
 from tests.standins.openai_api import OpenAIStandIn, pick_tool
 from tests.standins.recorder import count_words, deep_merge
 
@@ -94,7 +94,7 @@ class OllamaStandIn(OpenAIStandIn):
 
     async def native_chat(self, request: web.Request) -> web.StreamResponse:
         """Answer POST /api/chat; streams NDJSON unless the body says `stream: false`."""
-        body = request["received"].json
+        body = request[RECEIVED].json
         if not isinstance(body, dict) or not body.get("model"):
             return self.error_response(request, 400, {"error": "model is required"})
         model = str(body["model"])
@@ -121,7 +121,7 @@ class OllamaStandIn(OpenAIStandIn):
 
     async def native_generate(self, request: web.Request) -> web.StreamResponse:
         """Answer POST /api/generate; streams NDJSON unless the body says `stream: false`."""
-        body = request["received"].json
+        body = request[RECEIVED].json
         if not isinstance(body, dict) or not body.get("model"):
             return self.error_response(request, 400, {"error": "model is required"})
         missing = self.model_error(request, str(body["model"]))

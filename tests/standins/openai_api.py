@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 from aiohttp import web
 
 from tests.standins import openai_responses
-from tests.standins.base import AnswerPlan, StandIn, new_id, sse
+from tests.standins.base import RECEIVED, AnswerPlan, StandIn, new_id, sse
 from tests.standins.recorder import ReceivedRequest, collect_text, count_words, deep_merge, sample_arguments
 
 logger = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ class OpenAIStandIn(StandIn):
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         """Answer POST .../chat/completions, streamed when the body says `stream: true`."""
-        body = request["received"].json
+        body = request[RECEIVED].json
         if not isinstance(body, dict) or "model" not in body or "messages" not in body:
             message = "Invalid request: the body must be a JSON object with `model` and `messages`."
             return self.error_response(request, 400, self.error_body(400, message))
@@ -237,7 +237,7 @@ class OpenAIStandIn(StandIn):
 
     async def responses(self, request: web.Request) -> web.StreamResponse:
         """Answer POST .../responses (OpenAI's Responses API)."""
-        body = request["received"].json
+        body = request[RECEIVED].json
         if not isinstance(body, dict) or "model" not in body:
             return self.error_response(request, 400, self.error_body(400, "Missing required parameter: 'model'."))
         missing = self.model_error(request, str(body["model"]))
@@ -254,7 +254,7 @@ class OpenAIStandIn(StandIn):
 
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
         """Answer POST .../embeddings with deterministic vectors derived from each input."""
-        body = request["received"].json
+        body = request[RECEIVED].json
         if not isinstance(body, dict) or "input" not in body or "model" not in body:
             return self.error_response(request, 400, self.error_body(400, "'input' and 'model' are required."))
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
