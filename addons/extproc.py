@@ -373,8 +373,11 @@ class ExtProcSession:
         self._finished = True
         if stream is None:
             return
+        # The background reader of an observed stream ends by itself once the router ends
+        # the call, and only after it is gone may finish() read the rest.
+        stream.half_close()
+        await stop_drain(self, _CLOSE_GRACE)
         await stream.finish(_CLOSE_GRACE)
-        await stop_drain(self)
 
     # Internal helpers, shared with addons.extproc_body.
 

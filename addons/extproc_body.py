@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from addons.extproc_mutations import HeaderEditor, apply_body_mutation
-from addons.extproc_stream import RouterFailure
+from addons.extproc_stream import ProcessStream, RouterFailure
 
 if TYPE_CHECKING:
     from addons.extproc import ExtProcSession
@@ -86,13 +86,10 @@ def observe_chunk(session: ExtProcSession, chunk: bytes, end_of_stream: bool) ->
     if end_of_stream:
         session._response_done = True
     if session._drain_task is None:
-        session._drain_task = asyncio.get_running_loop().create_task(_drain(session))
+        session._drain_task = asyncio.get_running_loop().create_task(_drain(session, session._stream))
 
 
-async def _drain(session: ExtProcSession) -> None:
-    stream = session._stream
-    if stream is None:
-        return
+async def _drain(session: ExtProcSession, stream: ProcessStream) -> None:
     while True:
         try:
             reply = await stream.receive(timeout=None)
@@ -116,13 +113,14 @@ async def _drain(session: ExtProcSession) -> None:
             )
 
 
-async def stop_drain(session: ExtProcSession) -> None:
-    """Cancel the background reader of an observed stream, if it is still running."""
+async def stop_drain(session: ExtProcSession, grace: float) -> None:
+    """Let the background reader of an observed stream reach the end for up to `grace` seconds, then cancel it."""
     task = session._drain_task
     session._drain_task = None
     if task is None:
         return
-    if not task.done():
+    done, _ = await asyncio.wait({task}, timeout=grace)
+    if not done:
         task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task

@@ -93,14 +93,22 @@ class ProcessStream:
         self.call.cancel()
 
     async def finish(self, grace: float) -> None:
-        """Half-close and wait up to `grace` seconds for the router to end the call, then cancel."""
+        """Half-close, read what the router still sends for up to `grace` seconds, then cancel.
+
+        Reading matters: grpc.aio reports the end of a call only after its replies are read.
+        The caller must make sure nothing else reads the call at the same time.
+        """
         self.half_close()
+        if self.call.done():
+            return
         try:
-            await asyncio.wait_for(self.call.code(), grace)
+            async with asyncio.timeout(grace):
+                while await self.call.read() is not grpc.aio.EOF:
+                    pass
         except TimeoutError:
             logger.debug("ext_proc stream still open %.1f s after half-close; cancelling it", grace)
             self.cancel()
-        except (grpc.aio.AioRpcError, asyncio.CancelledError):
+        except grpc.aio.AioRpcError:
             self.cancel()
 
 

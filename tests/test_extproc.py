@@ -16,7 +16,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from addons.extproc import ExtProcClient, ProcessingOptions, validate_options
 from addons.extproc_options import ProcessingOptionsError
-from tests.standins.extproc_server import ExtProcServer, continue_reply, header
+from tests.standins.extproc_server import END_STREAM, ExtProcServer, continue_reply, header
 
 Action = base_pb2.HeaderValueOption
 Mode = processing_mode_pb2.ProcessingMode
@@ -332,6 +332,18 @@ async def test_full_duplex_streamed_body(router):
     assert values(decision.headers, "content-length") == ["19"]
     assert values(decision.headers, "x-selected-model") == ["gpt-4o"]
     assert router.streams[0][0].protocol_config.request_body_mode == Mode.FULL_DUPLEX_STREAMED
+
+
+async def test_clean_close_continues_unchanged(router):
+    router.scripts["request_headers"] = lambda message, state: END_STREAM
+    client = await started(router)
+    decision = await send_chat(client)
+    await client.close()
+    assert decision.outcome == "ok"
+    assert decision.error is None
+    assert decision.headers[:2] == CHAT_HEADERS
+    assert decision.body is None
+    assert [m.WhichOneof("request") for m in router.streams[0]] == ["request_headers"]
 
 
 # Immediate responses

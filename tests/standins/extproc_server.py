@@ -42,8 +42,10 @@ PHASES = ("request_headers", "request_body", "request_trailers",
           "response_headers", "response_body", "response_trailers")
 
 # A phase script gets the request message and the per-stream state dict, and returns one
-# reply, a list of replies, or None for no reply. It may be async (to sleep) or raise.
+# reply, a list of replies, None for no reply, or END_STREAM to close the stream cleanly
+# (gRPC status OK). It may be async (to sleep) or raise (the stream fails with UNKNOWN).
 Script = Callable[[pb.ProcessingRequest, dict[str, Any]], Any]
+END_STREAM = object()
 
 
 def choose_model(body: bytes) -> str | None:
@@ -127,7 +129,7 @@ class ExtProcServer:
             await self._server.stop(grace=None)
             self._server = None
 
-    async def reply_to(self, message: pb.ProcessingRequest, state: dict[str, Any]) -> list[pb.ProcessingResponse]:
+    async def reply_to(self, message: pb.ProcessingRequest, state: dict[str, Any]) -> list[Any]:
         """Return the replies to one message, after the configured delay."""
         if self.delay:
             await asyncio.sleep(self.delay)
@@ -140,6 +142,8 @@ class ExtProcServer:
             result = self._router_reply(phase, message, state)
         if result is None:
             return []
+        if result is END_STREAM:
+            return [END_STREAM]
         return list(result) if isinstance(result, (list, tuple)) else [result]
 
     def _router_reply(self, phase: str, message: pb.ProcessingRequest, state: dict[str, Any]) -> Any:
@@ -232,6 +236,8 @@ class _Servicer(pb_grpc.ExternalProcessorServicer):
             received.append(message)
             self.owner.received.append(message)
             for reply in await self.owner.reply_to(message, state):
+                if reply is END_STREAM:
+                    return
                 yield reply
 
 
