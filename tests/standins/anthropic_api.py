@@ -102,7 +102,7 @@ class AnthropicStandIn(StandIn):
         return {"system": body.get("system"), "content": body.get("messages")}
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
-        """Answer POST /v1/messages, streamed when the body says `stream: true`."""
+        """Handle POST /v1/messages, streamed when the body sets `stream: true`."""
         body = request[RECEIVED].json
         if not isinstance(body, dict) or "model" not in body or "messages" not in body:
             return self.error_response(request, 400, self.error_body(400, "model: Field required"))
@@ -179,13 +179,13 @@ class AnthropicStandIn(StandIn):
         return response
 
     async def count_tokens(self, request: web.Request) -> web.StreamResponse:
-        """Answer POST /v1/messages/count_tokens with the prompt's word count."""
+        """Handle POST /v1/messages/count_tokens with the prompt's word count."""
         body = request[RECEIVED].json or {}
         words = count_words(" ".join(collect_text(self._prompt(body))))
         return self.json_response(request, {"input_tokens": words})
 
     async def list_models(self, request: web.Request) -> web.StreamResponse:
-        """Answer GET /v1/models in Anthropic's paginated list format."""
+        """Handle GET /v1/models in Anthropic's paginated list format."""
         models = self.known_models if self.known_models is not None else self.default_models
         data = [
             {"type": "model", "id": m, "display_name": m, "created_at": "2025-01-01T00:00:00Z"} for m in models

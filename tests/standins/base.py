@@ -1,4 +1,4 @@
-"""The shared server machinery of every provider stand-in: lifecycle, recording, overrides."""
+"""The request pipeline every provider stand-in shares: recording, auth, errors, answers."""
 
 from __future__ import annotations
 
@@ -7,10 +7,8 @@ import gzip
 import json
 import logging
 import secrets
-import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 from aiohttp import web
@@ -22,6 +20,7 @@ from tests.standins.recorder import (
     read_request,
     split_pieces,
 )
+from tests.standins.server import ServerLifecycle
 from tests.standins.tls import TestCA, shared_ca
 
 logger = logging.getLogger(__name__)
@@ -48,7 +47,7 @@ class AnswerPlan:
     usage_patch: dict[str, Any] | None
 
 
-class StandIn:
+class StandIn(ServerLifecycle):
     """A local HTTP server that speaks one provider's wire format.
 
     Use it as `async with OpenAIStandIn() as s:` inside an event loop, or as
@@ -93,103 +92,6 @@ class StandIn:
         self._runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-
-    # -- addresses -------------------------------------------------------------------
-
-    @property
-    def hostport(self) -> str:
-        """Return `127.0.0.1:PORT` of the running server."""
-        if self.port is None:
-            raise RuntimeError(f"{type(self).__name__} is not running: call start() first")
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        """Return the base URL, `http://127.0.0.1:PORT` or `https://...` with tls=True."""
-        scheme = "https" if self.tls else "http"
-        return f"{scheme}://{self.hostport}"
-
-    @property
-    def ca_pem_path(self) -> Path | None:
-        """Return the PEM file of the CA that signed this server's certificate (TLS only)."""
-        return self.ca.ca_pem_path if self.ca else None
-
-    # -- lifecycle -------------------------------------------------------------------
-
-    def add_routes(self, app: web.Application) -> None:
-        """Register the provider's routes on `app`; subclasses implement this."""
-        raise NotImplementedError
-
-    async def start(self) -> None:
-        """Start serving on a free port of 127.0.0.1."""
-        app = web.Application(middlewares=[self._middleware], client_max_size=64 * 1024 * 1024)
-        self.add_routes(app)
-        app.router.add_route("*", "/{tail:.*}", self._unknown_path)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        ssl_context = self.ca.server_context(self.host_names) if self.tls and self.ca else None
-        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=ssl_context)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
-        logger.info("%s stand-in listening on %s", self.provider, self.url)
-
-    async def stop(self) -> None:
-        """Stop serving and close open connections."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-            logger.info("%s stand-in on port %s stopped", self.provider, self.port)
-
-    async def __aenter__(self) -> StandIn:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    def start_in_thread(self, timeout: float = 10.0) -> StandIn:
-        """Start serving from a new event loop in a daemon thread; return self."""
-        loop = asyncio.new_event_loop()
-        started = threading.Event()
-        failure: list[BaseException] = []
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(self.start())
-            except BaseException as error:  # reported to the caller below
-                failure.append(error)
-                started.set()
-                return
-            started.set()
-            loop.run_forever()
-
-        self._loop = loop
-        self._thread = threading.Thread(target=run, name=f"standin-{self.provider}", daemon=True)
-        self._thread.start()
-        if not started.wait(timeout):
-            raise TimeoutError(f"{self.provider} stand-in did not start within {timeout} s")
-        if failure:
-            raise failure[0]
-        return self
-
-    def stop_in_thread(self, timeout: float = 10.0) -> None:
-        """Stop a server started with start_in_thread() and join its thread."""
-        if self._loop is None or self._thread is None:
-            return
-        future = asyncio.run_coroutine_threadsafe(self.stop(), self._loop)
-        future.result(timeout)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout)
-        self._loop.close()
-        self._loop = None
-        self._thread = None
-
-    def __enter__(self) -> StandIn:
-        return self.start_in_thread()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop_in_thread()
 
     def _set_knobs(self) -> None:
         self.require_key: str | None = self._initial_key

@@ -132,7 +132,7 @@ class GeminiStandIn(OpenAIStandIn):
         return merged
 
     async def native_call(self, request: web.Request) -> web.StreamResponse:
-        """Answer POST /v1beta/models/{model}:{method} for generateContent and streamGenerateContent."""
+        """Handle POST /v1beta/models/{model}:{method} for generateContent and streamGenerateContent."""
         model, _, method = request.match_info["call"].partition(":")
         if method not in ("generateContent", "streamGenerateContent"):
             return self.error_response(request, 404, self.error_body(404, f"Method {method!r} is not served by the stand-in."))
@@ -188,13 +188,15 @@ class GeminiStandIn(OpenAIStandIn):
             if as_sse:
                 data = sse(chunk, separator="\r\n\r\n")
             else:
-                data = (b"[" if index == 0 else b",\r\n") + json.dumps(chunk).encode() + (b"]" if last else b"")
+                opening = b"[" if index == 0 else b",\r\n"
+                closing = b"]" if last else b""
+                data = opening + json.dumps(chunk).encode() + closing
             await self.write_event(response, data, index > 0)
         await response.write_eof()
         return response
 
     async def native_models(self, request: web.Request) -> web.StreamResponse:
-        """Answer GET /v1beta/models in the native list format."""
+        """Handle GET /v1beta/models in the native list format."""
         models = self.known_models if self.known_models is not None else self.default_models
         entries = [
             {

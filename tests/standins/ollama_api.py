@@ -93,7 +93,7 @@ class OllamaStandIn(OpenAIStandIn):
         return deep_merge(fields, plan.usage_patch)
 
     async def native_chat(self, request: web.Request) -> web.StreamResponse:
-        """Answer POST /api/chat; streams NDJSON unless the body says `stream: false`."""
+        """Handle POST /api/chat; streams NDJSON unless the body sets `stream: false`."""
         body = request[RECEIVED].json
         if not isinstance(body, dict) or not body.get("model"):
             return self.error_response(request, 400, {"error": "model is required"})
@@ -120,7 +120,7 @@ class OllamaStandIn(OpenAIStandIn):
         return await self._write_lines(request, lines)
 
     async def native_generate(self, request: web.Request) -> web.StreamResponse:
-        """Answer POST /api/generate; streams NDJSON unless the body says `stream: false`."""
+        """Handle POST /api/generate; streams NDJSON unless the body sets `stream: false`."""
         body = request[RECEIVED].json
         if not isinstance(body, dict) or not body.get("model"):
             return self.error_response(request, 400, {"error": "model is required"})
@@ -145,7 +145,7 @@ class OllamaStandIn(OpenAIStandIn):
         return response
 
     async def tags(self, request: web.Request) -> web.StreamResponse:
-        """Answer GET /api/tags with the installed models (`known_models` or the defaults)."""
+        """Handle GET /api/tags with the installed models (`known_models` or the defaults)."""
         models = self.known_models if self.known_models is not None else self.default_models
         stamp = datetime.fromtimestamp(time.time(), timezone.utc).isoformat()
         entries = [
@@ -162,5 +162,5 @@ class OllamaStandIn(OpenAIStandIn):
         return self.json_response(request, {"models": entries})
 
     async def version(self, request: web.Request) -> web.StreamResponse:
-        """Answer GET /api/version."""
+        """Handle GET /api/version."""
         return self.json_response(request, {"version": "0.12.0"})

@@ -40,10 +40,10 @@ def pick_tool(body: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
         return None
     chosen = tools[0].get("function", tools[0])
     if isinstance(choice, dict):
-        wanted = (choice.get("function") or {}).get("name")
+        requested_name = (choice.get("function") or {}).get("name")
         for tool in tools:
             function = tool.get("function", tool)
-            if function.get("name") == wanted:
+            if function.get("name") == requested_name:
                 chosen = function
     return chosen.get("name", "tool"), sample_arguments(chosen.get("parameters"))
 
@@ -134,7 +134,7 @@ class OpenAIStandIn(StandIn):
         return {"service_tier": "default", "system_fingerprint": "fp_standin0"}
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
-        """Answer POST .../chat/completions, streamed when the body says `stream: true`."""
+        """Handle POST .../chat/completions, streamed when the body sets `stream: true`."""
         body = request[RECEIVED].json
         if not isinstance(body, dict) or "model" not in body or "messages" not in body:
             message = "Invalid request: the body must be a JSON object with `model` and `messages`."
@@ -201,7 +201,9 @@ class OpenAIStandIn(StandIn):
             last = index == len(deltas) - 1
             if style == "gemini" and last:
                 # Gemini's compatible endpoint ends with one chunk that carries the last
-                # text, the finish reason and the usage, whether or not it was asked for.
+                # text, the finish reason and the usage, whether or not it was requested.
+                # NOTE: modelled on users' reports of the live endpoint; Google's docs
+                # do not describe where stream usage goes.
                 await self.write_event(response, chunk(choice(delta, finish), self.usage_object(plan), True), not first)
                 break
             await self.write_event(response, chunk(choice(delta)), not first)
@@ -236,7 +238,7 @@ class OpenAIStandIn(StandIn):
     # -- Responses API, embeddings, models -------------------------------------------------
 
     async def responses(self, request: web.Request) -> web.StreamResponse:
-        """Answer POST .../responses (OpenAI's Responses API)."""
+        """Handle POST .../responses (OpenAI's Responses API)."""
         body = request[RECEIVED].json
         if not isinstance(body, dict) or "model" not in body:
             return self.error_response(request, 400, self.error_body(400, "Missing required parameter: 'model'."))
@@ -253,7 +255,7 @@ class OpenAIStandIn(StandIn):
         return self.json_response(request, openai_responses.response_object(plan, body, "completed"))
 
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
-        """Answer POST .../embeddings with deterministic vectors derived from each input."""
+        """Handle POST .../embeddings with deterministic vectors derived from each input."""
         body = request[RECEIVED].json
         if not isinstance(body, dict) or "input" not in body or "model" not in body:
             return self.error_response(request, 400, self.error_body(400, "'input' and 'model' are required."))
@@ -276,12 +278,12 @@ class OpenAIStandIn(StandIn):
         return {"id": model, "object": "model", "created": 1700000000, "owned_by": self.provider}
 
     async def list_models(self, request: web.Request) -> web.StreamResponse:
-        """Answer GET .../models with `known_models` (or the defaults)."""
+        """Handle GET .../models with `known_models` (or the defaults)."""
         models = self.known_models if self.known_models is not None else self.default_models
         return self.json_response(request, {"object": "list", "data": [self.model_entry(m) for m in models]})
 
     async def get_model(self, request: web.Request) -> web.StreamResponse:
-        """Answer GET .../models/{model}."""
+        """Handle GET .../models/{model}."""
         model = request.match_info["model"]
         missing = self.model_error(request, model)
         return missing or self.json_response(request, self.model_entry(model))

@@ -7,7 +7,7 @@ import gzip
 import json
 import logging
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -26,13 +26,12 @@ class ReceivedRequest:
     body: bytes
     json: Any = None
     path_qs: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def header(self, name: str) -> str | None:
         """Return the first value of header `name` (case-insensitive), or None."""
-        wanted = name.lower()
+        lowered = name.lower()
         for key, value in self.headers:
-            if key.lower() == wanted:
+            if key.lower() == lowered:
                 return value
         return None
 
@@ -79,7 +78,7 @@ def count_words(text: str) -> int:
 
 
 def collect_text(value: Any) -> list[str]:
-    """Collect every string under the keys `text` and `content` of a request fragment.
+    """Collect every string under the text-bearing keys of a request fragment, in order.
 
     Works for OpenAI messages (string or part lists), Anthropic content blocks, Gemini
     `contents[].parts[]` and Ollama messages alike, so prompt token counts are the number

@@ -16,7 +16,7 @@ DEFAULT_NAMES = ("localhost", "127.0.0.1")
 
 
 class TestCA:
-    """A test CA whose PEM file clients (httpx, mitmproxy) can be told to trust.
+    """A test CA whose PEM file clients (httpx, mitmproxy) can be configured to trust.
 
     The key pair lives in memory and in a private temporary folder that is removed
     with `cleanup()`. It signs server certificates for any names a test asks for.
@@ -41,8 +41,8 @@ class TestCA:
         cert = self._ca.issue_cert(*all_names)
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         cert.configure_cert(context)
-        # Only HTTP/1.1 is served, so offer it explicitly: a client that asks for h2
-        # falls back instead of failing the handshake.
+        # aiohttp serves HTTP/1.1 only, so ALPN names just that: a client offering h2
+        # as well (mitmproxy does) settles on HTTP/1.1 during the handshake.
         context.set_alpn_protocols(["http/1.1"])
         return context
 
