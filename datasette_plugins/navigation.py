@@ -36,3 +36,17 @@ def extra_js_urls(datasette: Any, table: str | None) -> list[dict[str, Any]]:
     if table != "requests":
         return []
     return [{"url": datasette.urls.static_plugins(PLUGIN, "meterway.js")}]
+
+
+@hookimpl
+def table_actions(datasette: Any, database: str, table: str, request: Any) -> list[dict[str, str]]:
+    """Offer Analytics and a `.mitm` export of the rows shown, in the Logs table's actions menu."""
+    if table != "requests":
+        return []
+    query = request.query_string if request is not None else ""
+    export = datasette.urls.table(database, table, format="mitm")
+    return [
+        {"href": datasette.urls.path("/-/meterway"), "label": "Open Analytics"},
+        {"href": f"{export}?{query}" if query else export,
+         "label": "Download these rows' flows (.mitm)"},
+    ]

@@ -51,14 +51,14 @@ def serve(db_path: Path, *, host: str = "127.0.0.1", port: int = 15000,
     """Serve the request log with Datasette until interrupted; return the exit code."""
     from datasette.cli import cli  # Imported late: loading Datasette's plugins takes a moment.
 
+    if not is_loopback(host) and not password:
+        print(f"Warning: the UI listens on {host} without a password, so anyone who can reach "
+              "it reads every logged prompt; add --password or bind 127.0.0.1.", file=sys.stderr)
     db_path = Path(db_path)
     if not db_path.is_file():
         print(f"Error: request log {db_path} not found; start the gateway once to create it, "
               "or pass the path of an existing meterway database.", file=sys.stderr)
         return 2
-    if not is_loopback(host) and not password:
-        print(f"Warning: the UI listens on {host} without a password, so anyone who can reach "
-              "it reads every logged prompt; add --password or bind 127.0.0.1.", file=sys.stderr)
 
     with tempfile.TemporaryDirectory(prefix="meterway-ui-") as folder:
         metadata_path = Path(folder) / "metadata.json"

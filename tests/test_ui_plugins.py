@@ -286,3 +286,33 @@ async def test_password_guards_every_page(log_path: Path) -> None:
     assert wrong.status_code == 401
     right = await datasette.client.get("/-/meterway", auth=("any", "s3cret"))
     assert right.status_code == 200
+
+
+def test_datasette_args_never_immutable(tmp_path: Path) -> None:
+    from meterway.ui import build_datasette_args
+
+    args = build_datasette_args(tmp_path / "log.db", metadata_path=tmp_path / "m.json")
+    assert args[:2] == ["serve", str(tmp_path / "log.db")]
+    assert "-i" not in args
+    assert "--immutable" not in args
+    assert args[args.index("--host") + 1] == "127.0.0.1"
+    assert args[args.index("--port") + 1] == "15000"
+
+
+def test_serve_reports_missing_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from meterway.ui import serve
+
+    assert serve(tmp_path / "missing.db", host="0.0.0.0") == 2
+    err = capsys.readouterr().err
+    assert "not found" in err
+    assert "without a password" in err
+
+
+def test_loopback_hosts_and_secret_metadata() -> None:
+    from meterway.ui import build_metadata, is_loopback
+
+    assert is_loopback("127.0.0.1")
+    assert is_loopback("::1")
+    assert is_loopback("localhost")
+    assert not is_loopback("0.0.0.0")
+    assert "s3cret" not in json.dumps(build_metadata("s3cret"))
