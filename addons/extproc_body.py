@@ -14,7 +14,7 @@ from addons.extproc_mutations import HeaderEditor, apply_body_mutation
 from addons.extproc_stream import ProcessStream, RouterFailure
 
 if TYPE_CHECKING:
-    from addons.extproc import ExtProcSession
+    from addons.extproc_session import ExtProcSession
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,13 @@ def observe_chunk(session: ExtProcSession, chunk: bytes, end_of_stream: bool) ->
             return
         chunk, session._held_body = bytes(session._held_body), None
 
-    session._send(response_body=pb.HttpBody(body=chunk, end_of_stream=end_of_stream))
+    try:
+        session._send(response_body=pb.HttpBody(body=chunk, end_of_stream=end_of_stream))
+    except RouterFailure as failure:
+        session._finished = True
+        logger.warning("ext_proc router %s: cannot observe the response stream: %s",
+                       session._client.target, failure.reason)
+        return
     if end_of_stream:
         session._response_done = True
     if session._drain_task is None:

@@ -72,6 +72,14 @@ class ProcessStream:
         limit = self._message_timeout if timeout is not None and timeout < 0 else timeout
         try:
             reply = await asyncio.wait_for(self.call.read(), limit)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            # grpc.aio raises CancelledError from read() when the call itself was
+            # cancelled, for example because the client's channel was closed.
+            raise RouterFailure("the stream was cancelled (the ext_proc client was closed)",
+                                "router_unavailable") from None
         except TimeoutError:
             self.cancel()
             raise RouterFailure(f"no reply within {limit:g} s (message timeout)", "router_timeout") from None

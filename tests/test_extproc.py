@@ -628,6 +628,28 @@ async def test_garbage_replies_fail(router, phase, script, reason):
     assert json.loads(decision.immediate.body)["error"]["code"] in ("router_protocol_error", "router_unavailable")
 
 
+async def test_client_closed_mid_request(router):
+    router.mode = "keywords"
+    router.delay = 1.0
+    client = await started(router, failure_mode="failOpen")
+    pending = asyncio.create_task(send_chat(client, chat_body("python")))
+    await asyncio.sleep(0.1)
+    await client.close()
+    decision = await asyncio.wait_for(pending, 2)
+    assert decision.outcome == "failed_open"
+    assert "client was closed" in decision.error or "CANCELLED" in decision.error
+
+
+async def test_session_after_close_fails_cleanly(router):
+    client = await started(router, failure_mode="failOpen")
+    session = client.session()
+    await client.close()
+    decision = await session.request("GET", "http", "gw", "/v1/models", [], None)
+    await session.close()
+    assert decision.outcome == "failed_open"
+    assert "is closed" in decision.error
+
+
 async def test_reconnect_after_router_restart():
     server = ExtProcServer("keywords")
     await server.start()
