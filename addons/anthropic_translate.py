@@ -64,10 +64,13 @@ def chat_to_messages(body: dict[str, Any]) -> dict[str, Any]:
     """
     if not isinstance(body, dict):
         raise TranslationError(f"the request body must be a JSON object, got {type(body).__name__}")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise TranslationError(f"model must be a non-empty string, got {model!r}")
     _reject_unsupported(body)
 
     system, messages = translate_messages(body.get("messages"))
-    result: dict[str, Any] = {"model": body.get("model"), "messages": messages}
+    result: dict[str, Any] = {"model": model, "messages": messages}
     if system:
         result["system"] = system
 

@@ -94,7 +94,7 @@ class Config:
             self.upstream_map = parse_upstream_map(ctx.options.meterway_upstream)
         if "meterway_config" in updated and ctx.options.meterway_config:
             self._load(Path(ctx.options.meterway_config))
-        if updated & {"meterway_config", "meterway_listen_host"} and self._running:
+        if updated & {"meterway_config", "meterway_listen_host", "mode"} and self.gateway is not None:
             self.apply_listeners()
 
     def _load(self, path: Path) -> None:
@@ -122,13 +122,14 @@ class Config:
         listeners: dict[int, Listener] = {}
         for bind in gateway.binds or ():
             listeners[bind.port] = Listener(bind.port, "bind", bind)
-        if gateway.llm is not None and gateway.llm.port:
-            if gateway.llm.port in listeners:
+        llm_port = gateway.llm_port()
+        if llm_port:
+            if llm_port in listeners:
                 raise exceptions.OptionsError(
-                    f"llm.port {gateway.llm.port} is also a binds[].port; give the llm "
+                    f"llm.port {llm_port} is also a binds[].port; give the llm "
                     "listener a port of its own (agentgateway's default is 4000)"
                 )
-            listeners[gateway.llm.port] = Listener(gateway.llm.port, "llm", None)
+            listeners[llm_port] = Listener(llm_port, "llm", None)
         return listeners
 
     @staticmethod

@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from addons.config_base import ConfigModel, FileRef, Opaque, exactly_one
+from addons.config_monitoring import MeterwayAlerts, MetricsConfig, TracingConfig
 from addons.config_policies import LlmPolicies
 
 # agentgateway's default for `frontendPolicies.http.maxBufferSize` (2 MiB).
@@ -52,8 +53,9 @@ class ProxyConfig(ConfigModel):
     service_account: str | None = None
     cluster_id: str | None = None
     network: str | None = None
-    # Accepted for compatibility; meterway serves no admin, stats or readiness endpoint.
+    # Accepted for compatibility; meterway serves no admin or readiness endpoint.
     admin_addr: str | None = None
+    # Where `/metrics` is served: HOST:PORT or `off`; unset is 127.0.0.1:15020.
     stats_addr: str | None = None
     readiness_addr: str | None = None
     session: Opaque | None = None
@@ -61,9 +63,9 @@ class ProxyConfig(ConfigModel):
     connection_termination_deadline: str | None = None
     connection_min_termination_deadline: str | None = None
     worker_threads: str | int | None = None
-    tracing: Opaque | None = None
+    tracing: TracingConfig | None = None
     logging: Opaque | None = None
-    metrics: Opaque | None = None
+    metrics: MetricsConfig | None = None
     backend: Opaque | None = None
     hbone: Opaque | None = None
     database: Database | None = None
@@ -178,5 +180,6 @@ class MeterwaySettings(ConfigModel):
 
     ext_proc: MeterwayExtProc = Field(default_factory=MeterwayExtProc)
     payloads: MeterwayPayloads = Field(default_factory=MeterwayPayloads)
+    alerts: MeterwayAlerts = Field(default_factory=MeterwayAlerts)
     # Address the listeners bind to.
     listen_address: str = "127.0.0.1"

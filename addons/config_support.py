@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from addons.config_model import Gateway, Listener, Route, TopPolicy
+from addons.config_monitoring import TracingConfig, Webhook, parse_stats_addr
 from addons.config_policies import ApiKeyEntry, BackendAuth, BackendKey, LlmPolicies
 from addons.config_settings import FrontendHttp, LlmModel, LlmParams, ProxyConfig
 
@@ -34,8 +35,12 @@ _TRAFFIC_KINDS = (
 UNSUPPORTED: dict[str, frozenset[str]] = {
     "Gateway": frozenset({"workloads", "services", "backends", "routeGroups", "mcp"}),
     "ProxyConfig": _all_but(
-        ProxyConfig, "database", "modelCatalog", "adminAddr", "statsAddr", "readinessAddr"
+        ProxyConfig, "database", "modelCatalog", "adminAddr", "statsAddr", "readinessAddr",
+        "tracing", "metrics",
     ),
+    # Both take CEL expressions, which meterway does not evaluate.
+    "TracingConfig": frozenset({"fields"}),
+    "MetricsConfig": frozenset({"remove", "fields"}),
     "FrontendPolicies": frozenset(
         {"tls", "tcp", "networkAuthorization", "proxyProtocol", "connect", "accessLog", "tracing"}
     ),
@@ -205,6 +210,11 @@ def _value_problems(model: BaseModel, key: str, value: Any, path: ConfigPath) ->
             known = ", ".join(sorted(LLM_PROVIDERS))
             return [(path, f"llm provider `{shown}` is not supported by meterway yet; use one of "
                      f"{known} (an OpenAI-compatible server: `openai` with `params.baseUrl`)")]
+    if isinstance(model, ProxyConfig) and key == "statsAddr":
+        try:
+            parse_stats_addr(value)
+        except ValueError as error:
+            return [(path, str(error))]
     if isinstance(model, ProxyConfig) and key == "database":
         try:
             sqlite_path_from_url(value.url)
@@ -225,6 +235,10 @@ def secret_strings(gateway: Gateway) -> set[str]:
             found.add(value)
         elif isinstance(model, LlmParams) and key == "apiKey":
             found.add(value)
+    # Header values of exporters and webhooks often carry tokens.
+    for model, key, value, _path in _walk(gateway, ()):
+        if isinstance(model, (TracingConfig, Webhook)) and key == "headers":
+            found.update(v for v in value.values() if v)
     return found
 
 

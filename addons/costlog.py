@@ -43,7 +43,9 @@ class CostLog:
         config.on_reload(self._reconfigure)
 
     def _reconfigure(self, gateway: Any) -> None:
-        self.catalog = PriceCatalog.load(gateway.catalog_paths())
+        entries = gateway.config.model_catalog if gateway.config is not None else []
+        inline = [entry.inline for entry in entries if entry.inline is not None]
+        self.catalog = PriceCatalog.load(gateway.catalog_paths(), inline)
         self.redactor = Redactor(self.config.secrets)
         path = gateway.database_path()
         if self.store is not None and path is not None and Path(self.store.path) == path:

@@ -104,7 +104,11 @@ class RouterCalls:
 
         if decision.outcome not in ("ok",):
             return None
+        # Envoy ignores mutations of `host`, so the original header stays as it was.
+        host = request.headers.get_all("host")
         request.headers.clear()
+        for value in host:
+            request.headers.add("host", value)
         for name, value in decision.headers:
             if name in _PSEUDO or name == "host":
                 continue

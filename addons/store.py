@@ -38,6 +38,7 @@ __all__ = [
     "StoreStats",
     "latency_bounds",
     "merge_hists",
+    "open_for_writing",
     "open_readonly",
     "percentile_from_hist",
     "read_latency_bounds",
@@ -104,6 +105,26 @@ def open_readonly(path: Path | str) -> sqlite3.Connection:
         )
     conn = sqlite3.connect(resolved.as_uri() + "?mode=ro", uri=True, check_same_thread=False)
     conn.execute("PRAGMA busy_timeout = 5000")
+    return conn
+
+
+def open_for_writing(path: Path | str, *, busy_timeout: float = 5.0) -> sqlite3.Connection:
+    """Open the request log for writing (WAL, synchronous=NORMAL) and create or migrate it.
+
+    The connection is in autocommit mode: `write_batch()` and `ensure_schema()` open their
+    own transactions. It may be handed to one other thread, but used by one at a time.
+    """
+    conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout, check_same_thread=False)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        # NORMAL skips the fsync per commit in WAL mode; a power cut may lose the last
+        # commits but never corrupts the file.
+        conn.execute("PRAGMA synchronous = NORMAL")
+        ensure_schema(conn)
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 
@@ -216,14 +237,8 @@ class RequestStore:
             self._failed += failed
 
     def _open(self) -> None:
-        conn = sqlite3.connect(
-            self.path, isolation_level=None, timeout=self._busy_timeout, check_same_thread=False
-        )
+        conn = open_for_writing(self.path, busy_timeout=self._busy_timeout)
         try:
-            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            ensure_schema(conn)
             self._bounds = read_latency_bounds(conn)
             stat = os.stat(self.path)
         except BaseException:

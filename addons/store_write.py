@@ -6,10 +6,10 @@ import functools
 import json
 import logging
 import sqlite3
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 from addons.store_rollup import RollupBatch
@@ -35,14 +35,22 @@ class PreparedRow:
 
 def iso_utc(epoch_ms: int) -> str:
     """Format epoch milliseconds as UTC ISO-8601 with milliseconds and a `Z`."""
-    moment = datetime.fromtimestamp(epoch_ms / 1000, tz=timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
+    t = time.gmtime(epoch_ms // 1000)
+    return (
+        f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T"
+        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}.{epoch_ms % 1000:03d}Z"
+    )
+
+
+_PLAIN_TYPES = (type(None), str, int, float)
+_NUMERIC_COLUMNS = frozenset(name for name, kind in REQUEST_COLUMNS.items() if kind in (int, float))
 
 
 def _sql_value(table: str, column: str, value: Any, blob: bool = False) -> Any:
-    if value is None or isinstance(value, (str, int, float)):
-        # bool is an int subclass; store it as 0/1 rather than relying on the driver.
-        return int(value) if isinstance(value, bool) else value
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, _PLAIN_TYPES):
+        return value
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value) if blob else bytes(value).decode("utf-8", errors="replace")
     if isinstance(value, (dict, list, tuple)):
@@ -78,12 +86,18 @@ def prepare(
     if unknown:
         _warn_unknown(unknown)
 
-    request = {name: _sql_value("requests", name, row.get(name)) for name in REQUEST_COLUMNS}
-    for name, col_type in REQUEST_COLUMNS.items():
-        value = request[name]
-        # The rollup adds these up, so a number sent as text would fail the whole batch.
-        if col_type in (int, float) and value is not None and not isinstance(value, (int, float)):
+    request: dict[str, Any] = {}
+    for name in REQUEST_COLUMNS:
+        value = row.get(name)
+        kind = type(value)
+        # Exact type checks first: nearly every value is one of these, and this loop runs
+        # once per column of every logged request.
+        if kind is not str and kind is not int and kind is not float and value is not None:
+            value = _sql_value("requests", name, value)
+        if name in _NUMERIC_COLUMNS and value is not None and type(value) not in (int, float):
+            # The rollup adds these up, so a number sent as text would fail the whole batch.
             raise TypeError(f"requests.{name} must be a number or None, got {value!r:.80}")
+        request[name] = value
     if not request["id"]:
         request["id"] = uuid.uuid4().hex
     if request["started_ms"] is None:

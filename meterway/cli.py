@@ -25,7 +25,7 @@ def _check(args: argparse.Namespace) -> int:
     except OSError as err:
         print(f"error: cannot read {args.config}: {err.strerror}", file=sys.stderr)
         return 2
-    ports = ", ".join(str(p) for p in gateway.listener_ports())
+    ports = ", ".join(str(p) for p in [*gateway.listener_ports(), gateway.llm_port()] if p is not None)
     print(f"{args.config}: valid; listeners on ports {ports}; request log {gateway.database_path()}")
     return 0
 
@@ -108,8 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the `meterway` command line and return its exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if argv and argv[0] == "router":
         return _router(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.command != "run":
+        # `run` logs through mitmproxy's terminal log instead.
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return args.func(args)

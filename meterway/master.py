@@ -48,6 +48,8 @@ def first_modes(config_path: Path, listen_host: str | None) -> list[str]:
     host = listen_host or gateway.meterway.listen_address
     host_part = f"[{host}]" if ":" in host else host
     ports = list(gateway.listener_ports())
+    if gateway.llm_port() is not None:
+        ports.append(gateway.llm_port())
     return [f"reverse:{PLACEHOLDER_TARGET}@{host_part}:{port}" for port in sorted(set(ports))]
 
 
@@ -68,6 +70,8 @@ async def serve(config_path: Path, *, upstreams: Sequence[str] = (), listen_host
     settings.update(extra_options or {})
     opts.update(**settings)
 
+    # One line per client connection drowns the gateway's own messages.
+    logging.getLogger("mitmproxy.proxy.server").setLevel(logging.WARNING)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, gateway_master.shutdown)

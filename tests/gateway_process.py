@@ -64,8 +64,12 @@ class GatewayProcess:
     def command(self) -> list[str]:
         mapping = [f"{source}={target}" for source, target in self.upstreams.items()]
         if self.use_mitmdump:
-            command = [str(BIN / "mitmdump"), "-q", "-s", str(REPO / "addons" / "gateway.py"),
+            command = [str(BIN / "mitmdump"), "-s", str(REPO / "addons" / "gateway.py"),
                        "--set", f"meterway_config={self.config}"]
+            # As the README shows: naming the listeners up front keeps mitmproxy from
+            # opening its default *:8080 while the script is still loading.
+            for port in self.ports:
+                command += ["--mode", f"reverse:http://127.0.0.1:9@127.0.0.1:{port}"]
             for entry in mapping:
                 command += ["--set", f"meterway_upstream={entry}"]
             if self.trusted_ca:

@@ -221,3 +221,39 @@ def test_bad_json_gets_openai_error(seed: SeedStack) -> None:
     assert "not valid JSON" in error["message"]
     request_id = response.headers["x-meterway-request-id"]
     assert seed.row(request_id)["outcome"] == "gateway_error"
+
+
+def test_vllm_mode_rewrites_the_model(seed: SeedStack) -> None:
+    seed.reset()
+    seed.router.stop()
+    vllm = ThreadedRouter("vllm", port=50051).start()
+    try:
+        request_id, _ = ask(seed.client(), "python code for a parser")
+        gpt_id, _ = ask(seed.client(), "an analysis please", stream=False)
+    finally:
+        vllm.close()
+        seed.router.start()
+    # The router rewrote `MoM` itself, so the seed's aliases (keyed on MoM) no longer apply.
+    ollama_request = seed.ollama.wait_for_requests(1)[0]
+    assert ollama_request.json["model"] == "qwen-coder"
+    row = seed.row(request_id)
+    assert row["requested_model"] == "MoM"
+    assert row["router_model"] == "qwen-coder"
+    assert row["routed_model"] == "qwen-coder"
+    assert seed.openai.wait_for_requests(1)[0].json["model"] == "gpt-4o"
+    assert seed.row(gpt_id)["router_model"] == "gpt-4o"
+
+
+def test_no_key_in_any_written_file(seed: SeedStack) -> None:
+    """Run last: search everything the gateway wrote for the canary keys."""
+    seed.gateway.stop()
+    written = [seed.gateway.log_path, *seed.folder.glob("agentgateway.db*")]
+    assert any(path.suffix == ".db" for path in written)
+    for path in written:
+        data = path.read_bytes()
+        for key in (OPENAI_KEY, GEMINI_KEY, CLIENT_KEY):
+            assert key.encode() not in data, f"{key[:12]}... found in {path.name}"
+    conn = sqlite3.connect(seed.db)
+    flows = conn.execute("select count(*) from payloads where flow is not null").fetchone()[0]
+    conn.close()
+    assert flows > 0
