@@ -16,8 +16,8 @@ _IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 class TranslationError(ValueError):
     """A chat completions request that cannot be expressed as an Anthropic Messages request.
 
-    The message names the field, the value and what the client can send instead; the gateway
-    answers it as a 400 in the OpenAI error format.
+    The message names the field, the value and what the client can send instead. The gateway
+    returns it to the client as a 400 in the OpenAI error format.
     """
 
 
@@ -53,7 +53,7 @@ def translate_messages(messages: Any) -> tuple[str | None, list[dict[str, Any]]]
                 f"messages[{index}] ({role}) has no content; Anthropic rejects empty messages, "
                 "so remove it or give it text"
             )
-        # Anthropic joins consecutive turns of one role anyway; merging them here keeps the
+        # Anthropic joins consecutive turns of one role anyway. Merging them here keeps the
         # tool_result blocks of parallel tool calls in one user turn, ahead of any text.
         if turns and turns[-1]["role"] == role:
             turns[-1]["content"].extend(blocks)
@@ -194,15 +194,17 @@ def _parse_arguments(arguments: Any, where: str) -> dict[str, Any]:
 def _tool_result(message: dict[str, Any], index: int) -> dict[str, Any]:
     tool_call_id = message.get("tool_call_id")
     if not tool_call_id:
-        raise TranslationError(f"messages[{index}] (tool) needs the tool_call_id it answers")
+        raise TranslationError(f"messages[{index}] (tool) needs the tool_call_id of the tool call it responds to")
     content = message.get("content")
     result: dict[str, Any] = {"type": "tool_result", "tool_use_id": tool_call_id}
     if isinstance(content, list):
-        result["content"] = [
+        blocks = [
             {"type": "text", "text": part["text"]}
             for part in content
             if isinstance(part, dict) and part.get("type") == "text" and part.get("text")
         ]
+        if blocks:
+            result["content"] = blocks
     elif content:
         result["content"] = str(content)
     return result

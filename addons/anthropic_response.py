@@ -10,7 +10,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 # Anthropic `stop_reason` -> OpenAI `finish_reason`. `pause_turn` (a server tool paused a
-# long turn) and `refusal` have no exact OpenAI value; they map to the nearest one.
+# long turn) and `refusal` have no exact OpenAI value, so they map to the nearest one.
 FINISH_REASONS = {
     "end_turn": "stop",
     "stop_sequence": "stop",
@@ -21,7 +21,7 @@ FINISH_REASONS = {
     "refusal": "content_filter",
 }
 
-# Anthropic error `type` -> OpenAI error `type`; the Anthropic type is kept as `code`.
+# Anthropic error `type` -> OpenAI error `type`. The Anthropic type is kept as `code`.
 _ERROR_TYPES = {
     "invalid_request_error": "invalid_request_error",
     "authentication_error": "authentication_error",
@@ -50,7 +50,7 @@ def chat_usage(usage: dict[str, Any] | None) -> dict[str, Any] | None:
     """Convert an Anthropic `usage` object into an OpenAI chat completions `usage` object.
 
     Anthropic's `input_tokens` excludes both cache buckets while OpenAI's `prompt_tokens`
-    counts every input token, so the buckets are added back; `cached_tokens` is the
+    counts every input token, so the buckets are added back. `cached_tokens` is the
     cache-read part, as in OpenAI's own usage.
     """
     if not isinstance(usage, dict):
@@ -134,8 +134,8 @@ def messages_to_chat(response: dict[str, Any], requested_model: str | None = Non
 def error_to_openai(body: dict[str, Any], status: int) -> dict[str, Any]:
     """Translate an Anthropic error body into an OpenAI error body.
 
-    Anthropic answers `{"type": "error", "error": {"type", "message"}}`; the OpenAI body
-    is `{"error": {"message", "type", "param", "code"}}` with Anthropic's error type as
+    Anthropic's error body is `{"type": "error", "error": {"type", "message"}}`. The OpenAI
+    body is `{"error": {"message", "type", "param", "code"}}` with Anthropic's error type as
     `code`. A body of another shape still gives a readable message with the HTTP status.
     """
     error = body.get("error") if isinstance(body, dict) else None

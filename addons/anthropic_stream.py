@@ -100,7 +100,7 @@ class MessagesStreamToChat:
             logger.info("Anthropic stream sent an error event: %s", (data.get("error") or {}).get("type"))
             return self._encode(error_to_openai(data, 500))
         # ping, content_block_stop and message_stop carry nothing a chat client needs;
-        # unknown event types are skipped, as Anthropic's versioning policy asks.
+        # unknown event types are skipped because Anthropic may add new ones at any time.
         return b""
 
     def _message_start(self, message: dict[str, Any]) -> bytes:

@@ -6,8 +6,8 @@ Anthropic's `POST /v1/messages`. The way back lives in `addons.anthropic_respons
 they are re-exported here so a caller imports one module.
 
 Fields either map to an Anthropic field, are dropped because Anthropic has no equivalent and
-the answer stays well-formed without them (`DROPPED_FIELDS`), or raise `TranslationError`
-because the client would get an answer other than the one it asked for.
+the response stays well-formed without them (`DROPPED_FIELDS`), or raise `TranslationError`
+because the client would get a response other than the one it requested.
 """
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Anthropic requires `max_tokens` while OpenAI makes it optional. 4096 is the value
-# agentgateway sends when the client sets none; every current Claude model accepts it.
+# agentgateway sends when the client sets none, and no Claude model has a lower output limit.
 DEFAULT_MAX_TOKENS = 4096
 
-# Request fields that Anthropic has no equivalent for and that leave the answer's shape
-# intact: they are dropped. Sampling hints (seed, penalties, logit_bias) change which tokens
+# Request fields that Anthropic has no equivalent for and that leave the response's shape
+# intact, so they are dropped. Sampling hints (seed, penalties, logit_bias) change which tokens
 # are likely, so a client relying on them gets Claude's default sampling instead.
 DROPPED_FIELDS = frozenset({
     "frequency_penalty", "logit_bias", "metadata", "n", "parallel_tool_calls", "prediction",
@@ -53,7 +53,7 @@ _HANDLED_FIELDS = frozenset({
 })
 
 # Thinking budgets (tokens) for OpenAI's `reasoning_effort`. Anthropic's minimum budget is
-# 1024 tokens; the larger steps double it. `minimal` and `none` turn thinking off.
+# 1024 tokens, and each larger step doubles it. `minimal` and `none` turn thinking off.
 _THINKING_BUDGETS = {"low": 1024, "medium": 2048, "high": 4096, "xhigh": 8192}
 
 
@@ -83,7 +83,7 @@ def chat_to_messages(body: dict[str, Any]) -> dict[str, Any]:
     if thinking is not None:
         result["thinking"] = thinking
         if max_tokens is None:
-            # The budget is part of max_tokens, so leave the usual room for the answer.
+            # The budget is part of max_tokens, so leave the usual room for the reply.
             max_tokens = thinking["budget_tokens"] + DEFAULT_MAX_TOKENS
     result["max_tokens"] = DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens
 
@@ -181,6 +181,12 @@ def _thinking(effort: Any, max_tokens: int | None, body: dict[str, Any]) -> dict
             f"temperature {temperature!r} cannot be combined with reasoning_effort {effort!r}: "
             "Anthropic's extended thinking requires the default temperature; remove temperature"
         )
+    choice = body.get("tool_choice")
+    if choice == "required" or isinstance(choice, dict):
+        raise TranslationError(
+            f"tool_choice {choice!r} forces a tool call, which Anthropic's extended thinking does "
+            f"not allow; use tool_choice auto or none with reasoning_effort {effort!r}"
+        )
     return {"type": "enabled", "budget_tokens": budget}
 
 
@@ -197,7 +203,7 @@ def _translate_tool(tool: Any, index: int) -> dict[str, Any]:
     result: dict[str, Any] = {"name": function["name"]}
     if function.get("description"):
         result["description"] = function["description"]
-    # Anthropic requires an object schema; OpenAI lets a tool without parameters omit it.
+    # Anthropic requires an object schema, but OpenAI lets a tool without parameters omit it.
     result["input_schema"] = function.get("parameters") or {"type": "object", "properties": {}}
     return result
 
@@ -208,7 +214,7 @@ def _translate_tool_choice(choice: Any, parallel_tool_calls: Any) -> dict[str, A
     elif choice == "auto":
         result = {"type": "auto"}
     elif choice == "none":
-        return {"type": "none"}  # Anthropic takes no parallel-use flag with "none".
+        return {"type": "none"}  # Anthropic rejects disable_parallel_tool_use with "none".
     elif choice == "required":
         result = {"type": "any"}
     elif isinstance(choice, dict) and isinstance(choice.get("function"), dict) and choice["function"].get("name"):

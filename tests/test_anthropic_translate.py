@@ -4,7 +4,7 @@ The request and response cases follow the shapes of OpenAI's and Anthropic's doc
 examples (OpenAI's function-calling and vision examples; Anthropic's tool-use response and
 its two streaming examples, "Basic streaming request" and "Streaming request with tool use").
 The round trips post the translated request to the Anthropic stand-in over HTTP and check
-that the `openai` SDK's own types accept the translated answer.
+that the `openai` SDK's own types accept the translated response.
 """
 
 from __future__ import annotations
@@ -136,6 +136,18 @@ REQUEST_CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
         ]},
     ),
     (
+        "tool_result_without_text",
+        chat(user("Ping"),
+             {"role": "assistant", "tool_calls": [{"id": "call_3", "type": "function",
+                                                   "function": {"name": "ping", "arguments": "{}"}}]},
+             {"role": "tool", "tool_call_id": "call_3", "content": []}),
+        {"messages": [
+            {"role": "user", "content": [text("Ping")]},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "call_3", "name": "ping", "input": {}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_3"}]},
+        ]},
+    ),
+    (
         "tools_and_auto_choice",
         chat(user("Weather in Boston?"), tools=[WEATHER_TOOL], tool_choice="auto"),
         {"tools": [{"name": "get_current_weather", "description": WEATHER_FUNCTION["description"],
@@ -259,6 +271,8 @@ ERROR_CASES: list[tuple[str, dict[str, Any], str]] = [
      r"max_completion_tokens 4096 must be larger than the thinking budget of 4096"),
     ("reasoning_with_temperature", chat(user("x"), reasoning_effort="low", temperature=0.2),
      r"temperature 0\.2 cannot be combined with reasoning_effort"),
+    ("reasoning_with_forced_tool", chat(user("x"), tools=[WEATHER_TOOL], tool_choice="required",
+                                       reasoning_effort="low"), r"forces a tool call"),
 ]
 
 
@@ -319,7 +333,7 @@ def test_messages_to_chat_tool_use() -> None:
     ChatCompletion.model_validate(result)
 
 
-def test_messages_to_chat_only_tool_use_has_null_content() -> None:
+def test_tool_only_reply_null_content() -> None:
     response = {**TOOL_RESPONSE, "content": TOOL_RESPONSE["content"][1:]}
 
     result = messages_to_chat(response)
