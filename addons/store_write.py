@@ -125,12 +125,7 @@ def prepare(
 def _request_sql() -> str:
     names = ", ".join(REQUEST_COLUMNS)
     marks = ", ".join("?" for _ in REQUEST_COLUMNS)
-    # RETURNING gives the rowid for requests_fts (SQLite 3.35 or newer); a duplicate id
-    # returns no row, so that request is neither indexed nor counted twice.
-    return (
-        f"INSERT INTO requests ({names}) VALUES ({marks}) "
-        "ON CONFLICT (id) DO NOTHING RETURNING rowid"
-    )
+    return f"INSERT INTO requests (rowid, {names}) VALUES (?, {marks})"
 
 
 @functools.cache
@@ -138,6 +133,29 @@ def _payload_sql() -> str:
     names = ", ".join(PAYLOAD_COLUMNS)
     marks = ", ".join("?" for _ in PAYLOAD_COLUMNS)
     return f"INSERT INTO payloads ({names}) VALUES ({marks}) ON CONFLICT (request_id) DO NOTHING"
+
+
+# OR REPLACE: an index entry left behind by a deleted request must not block its rowid.
+_FTS_SQL = "INSERT OR REPLACE INTO requests_fts (rowid, prompt, answer) VALUES (?, ?, ?)"
+
+
+def _new_rows(conn: sqlite3.Connection, rows: Sequence[PreparedRow]) -> tuple[list[PreparedRow], list[str]]:
+    """Split off rows whose id is already stored or repeats earlier in the batch."""
+    ids = [prepared.request["id"] for prepared in rows]
+    stored: set[str] = set()
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        marks = ", ".join("?" for _ in chunk)
+        stored.update(i for (i,) in conn.execute(f"SELECT id FROM requests WHERE id IN ({marks})", chunk))
+    fresh, duplicates = [], []
+    for prepared in rows:
+        request_id = prepared.request["id"]
+        if request_id in stored:
+            duplicates.append(request_id)
+        else:
+            stored.add(request_id)
+            fresh.append(prepared)
+    return fresh, duplicates
 
 
 def write_batch(
@@ -148,32 +166,28 @@ def write_batch(
     Returns the number of requests inserted and the ids skipped as duplicates. On any error
     the transaction is rolled back, so a retry writes the whole batch again.
     """
-    request_sql = _request_sql()
-    payload_sql = _payload_sql()
-    rollup = RollupBatch(bounds)
-    duplicates: list[str] = []
-    written = 0
-
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for prepared in rows:
-            inserted = conn.execute(request_sql, tuple(prepared.request.values())).fetchone()
-            if inserted is None:
-                duplicates.append(prepared.request["id"])
-                continue
-            if prepared.payload is not None:
-                conn.execute(payload_sql, prepared.payload)
-            if prepared.fts is not None:
-                conn.execute(
-                    "INSERT INTO requests_fts (rowid, prompt, answer) VALUES (?, ?, ?)",
-                    (inserted[0], *prepared.fts),
-                )
+        fresh, duplicates = _new_rows(conn, rows)
+        # BEGIN IMMEDIATE holds the write lock, so no other writer can take these rowids
+        # before COMMIT; assigning them here lets executemany insert the whole batch and
+        # gives requests_fts its rowids without a query per row.
+        first = conn.execute("SELECT coalesce(max(rowid), 0) + 1 FROM requests").fetchone()[0]
+        rowids = range(first, first + len(fresh))
+        conn.executemany(
+            _request_sql(), [(rowid, *prepared.request.values()) for rowid, prepared in zip(rowids, fresh)]
+        )
+        conn.executemany(_payload_sql(), [prepared.payload for prepared in fresh if prepared.payload])
+        conn.executemany(
+            _FTS_SQL, [(rowid, *prepared.fts) for rowid, prepared in zip(rowids, fresh) if prepared.fts]
+        )
+        rollup = RollupBatch(bounds)
+        for prepared in fresh:
             rollup.add(prepared.request)
-            written += 1
         rollup.upsert(conn)
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-    return written, duplicates
+    return len(fresh), duplicates
