@@ -42,6 +42,7 @@ class MessagesStreamToChat:
         self._closed = False
         # Anthropic numbers all content blocks; OpenAI numbers only the tool calls.
         self._tool_indexes: dict[int, int] = {}
+        # The OpenAI finish_reason, set by the first message_delta that has a stop_reason.
         self.finish_reason: str | None = None
 
     @property
