@@ -73,6 +73,8 @@ class MessagesStreamToChat:
         usage = chat_usage(self._usage) if self._usage else None
         if self._include_usage and usage is not None:
             out += self._encode({**self._chunk_base(), "choices": [], "usage": usage})
+        # NOTE: `[DONE]` is sent even when the upstream stream was cut before message_delta.
+        # A caller that must tell the two apart checks `finish_reason is None` first.
         out += DONE
         return bytes(out)
 
