@@ -2,6 +2,7 @@
 
 These tests pin the stand-ins' wire formats: if an SDK can parse what a stand-in sends,
 the gateway's end-to-end tests built on them exercise the formats the SDKs expect.
+The stand-in fixtures come from tests/standins/fixtures.py through tests/conftest.py.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types as genai_types
 
-from tests.standins.fixtures import *  # noqa: F401,F403 - the fixtures under test
 from tests.standins.providers import (
     AnthropicStandIn,
     GeminiStandIn,
@@ -297,17 +297,24 @@ def test_session_standin_reset(openai_standin_session: OpenAIStandIn) -> None:
 # -- Gemini --------------------------------------------------------------------------------
 
 
-def genai_client(standin: GeminiStandIn) -> genai.Client:
+@functools.cache
+def _genai_client(url: str) -> genai.Client:
     options = genai_types.HttpOptions(
-        base_url=standin.url,
+        base_url=url,
         retry_options=genai_types.HttpRetryOptions(attempts=1),
         httpx_client=raw_http(),
     )
     return genai.Client(api_key="gemini-key", http_options=options)
 
 
-def test_gemini_generate_content(gemini_standin: GeminiStandIn) -> None:
-    client = genai_client(gemini_standin)
+def genai_client(standin: GeminiStandIn) -> genai.Client:
+    # Building a genai.Client takes about half a second, so the genai tests share the
+    # session's Gemini stand-in and one client for its URL.
+    return _genai_client(standin.url)
+
+
+def test_gemini_generate_content(gemini_standin_session: GeminiStandIn) -> None:
+    client = genai_client(gemini_standin_session)
     result = client.models.generate_content(model="gemini-2.5-flash", contents="what is the weather today")
 
     assert result.text == "gemini stand-in answer to model gemini-2.5-flash"
@@ -315,14 +322,14 @@ def test_gemini_generate_content(gemini_standin: GeminiStandIn) -> None:
     assert usage is not None
     assert (usage.prompt_token_count, usage.candidates_token_count, usage.total_token_count) == (5, 6, 11)
     assert usage.thoughts_token_count is None  # zero counts are left out, as Gemini does
-    received = gemini_standin.received[0]
+    received = gemini_standin_session.received[0]
     assert received.path.endswith("/models/gemini-2.5-flash:generateContent")
     assert received.header("x-goog-api-key") == "gemini-key"
 
 
-def test_gemini_stream_repeats_usage(gemini_standin: GeminiStandIn) -> None:
-    gemini_standin.next_usage = {"thoughtsTokenCount": 10, "cachedContentTokenCount": 2}
-    client = genai_client(gemini_standin)
+def test_gemini_stream_repeats_usage(gemini_standin_session: GeminiStandIn) -> None:
+    gemini_standin_session.next_usage = {"thoughtsTokenCount": 10, "cachedContentTokenCount": 2}
+    client = genai_client(gemini_standin_session)
     chunks = list(client.models.generate_content_stream(model="gemini-2.5-pro", contents="hi there"))
 
     assert "".join(c.text or "" for c in chunks) == "gemini stand-in answer to model gemini-2.5-pro"
@@ -332,7 +339,7 @@ def test_gemini_stream_repeats_usage(gemini_standin: GeminiStandIn) -> None:
     assert last.total_token_count == 2 + 6 + 10
     assert [c.usage_metadata.candidates_token_count for c in chunks] == [1, 2, 3, 4, 5, 6]
     assert chunks[-1].candidates[0].finish_reason == genai_types.FinishReason.STOP
-    assert gemini_standin.received[0].query["alt"] == "sse"
+    assert gemini_standin_session.received[0].query["alt"] == "sse"
 
 
 def test_gemini_native_wire_details(gemini_standin: GeminiStandIn) -> None:
@@ -349,7 +356,7 @@ def test_gemini_native_wire_details(gemini_standin: GeminiStandIn) -> None:
     assert no_key.json()["error"]["status"] == "PERMISSION_DENIED"
 
 
-def test_gemini_native_function_call(gemini_standin: GeminiStandIn) -> None:
+def test_gemini_native_function_call(gemini_standin_session: GeminiStandIn) -> None:
     declaration = genai_types.FunctionDeclaration(
         name="get_weather",
         parameters=genai_types.Schema(type="OBJECT", properties={"city": genai_types.Schema(type="STRING")}),
@@ -358,7 +365,7 @@ def test_gemini_native_function_call(gemini_standin: GeminiStandIn) -> None:
         tools=[genai_types.Tool(function_declarations=[declaration])],
         automatic_function_calling=genai_types.AutomaticFunctionCallingConfig(disable=True),
     )
-    client = genai_client(gemini_standin)
+    client = genai_client(gemini_standin_session)
     result = client.models.generate_content(model="gemini-2.5-flash", contents="weather?", config=config)
 
     assert result.function_calls is not None
@@ -366,9 +373,9 @@ def test_gemini_native_function_call(gemini_standin: GeminiStandIn) -> None:
     assert result.function_calls[0].args == {"city": "stand-in"}
 
 
-def test_gemini_native_rate_limit(gemini_standin: GeminiStandIn) -> None:
-    gemini_standin.next_error = (429, None, None)
-    client = genai_client(gemini_standin)
+def test_gemini_native_rate_limit(gemini_standin_session: GeminiStandIn) -> None:
+    gemini_standin_session.next_error = (429, None, None)
+    client = genai_client(gemini_standin_session)
     with pytest.raises(genai_errors.ClientError) as caught:
         client.models.generate_content(model="gemini-2.5-flash", contents="hi")
     assert caught.value.code == 429
