@@ -265,7 +265,8 @@ class RequestStore:
 
     def _run(self) -> None:
         while True:
-            batch = self._collect()
+            items = self._collect()
+            batch = self._prepare(items)
             if batch:
                 try:
                     self._write(batch)
@@ -274,11 +275,11 @@ class RequestStore:
                     self._count(failed=len(batch))
                     if self._throttle.ready("bug") is not None:
                         log.exception("request log writer failed on %d rows", len(batch))
-            elif self._stopping.is_set():
+            elif not items and self._stopping.is_set():
                 break
         self._close()
 
-    def _collect(self) -> list[PreparedRow]:
+    def _collect(self) -> list[tuple[Mapping[str, Any], Any, Any, int]]:
         """Wait for the first row, then gather more for up to `flush_interval` seconds."""
         items = []
         try:
@@ -298,16 +299,18 @@ class RequestStore:
                     items.append(self._queue.get(timeout=remaining))
             except queue.Empty:
                 break
-        return self._prepare(items)
+        return items
 
     def _prepare(self, items: list[tuple[Mapping[str, Any], Any, Any, int]]) -> list[PreparedRow]:
         prepared = []
         for row, payload, fts, queued_ms in items:
             try:
                 prepared.append(prepare(row, payload, fts, queued_ms))
-            except (TypeError, ValueError) as error:
+            except Exception as error:
+                # Any bad row from a caller costs that row only, never the writer thread.
                 self._count(failed=1)
-                log.warning("request row %s not stored: %s", row.get("id"), error)
+                request_id = row.get("id") if isinstance(row, Mapping) else None
+                log.warning("request row %s not stored: %s", request_id, error)
         return prepared
 
     def _write(self, batch: list[PreparedRow]) -> None:

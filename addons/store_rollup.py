@@ -43,7 +43,8 @@ SUM_COLUMNS = (
 _TOKEN_COLUMNS = ("input_tokens", "output_tokens", "cached_input_tokens", "reasoning_tokens", "total_tokens")
 
 # Log-spaced bounds, 24 per decade (each about 10% above the one before) from 5 ms to about
-# 10 minutes, so an interpolated percentile lands within a few percent of the exact one.
+# 10 minutes. For a smooth distribution the interpolated p50..p99 land within a few percent
+# of the exact values (under 3% for a log-normal sample in tests/test_store.py).
 _FIRST_BOUND_MS = 5.0
 _STEPS_PER_DECADE = 24
 _BOUND_COUNT = 123
@@ -105,7 +106,7 @@ def percentile_from_hist(
 ) -> float | None:
     """Estimate the `q` quantile (0..1) of a latency histogram, in ms.
 
-    Interpolates linearly inside the bucket that holds the rank. The overflow bucket has no
+    Interpolates linearly inside the bucket that contains the rank. The overflow bucket has no
     upper bound, so a rank that falls there returns the last finite bound. Returns None for an
     empty histogram. `bounds` defaults to `default_latency_bounds()`; pass the file's
     `latency_buckets` when reading an older file.

@@ -14,8 +14,8 @@ each column):
 - `meterway_meta`: `(key, value)`; `schema_version` is the last migration step applied.
 
 Migrations are numbered steps that run once each, in order, inside one write transaction.
-After them, an additive pass creates any table, column or index this version knows and the
-file lacks. A file written by a newer meterway (a higher `schema_version`) runs only that
+After them, an additive pass creates any table, column or index this version defines and
+the file lacks. A file written by a newer meterway (a higher `schema_version`) runs only that
 additive pass: nothing is dropped or renamed, and the version number is never lowered. So
 new columns must stay nullable or carry a default, or older writers would fail to insert.
 """
@@ -210,7 +210,7 @@ MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
 
 
 def _ensure_additive(db: sqlite_utils.Database) -> None:
-    """Create what this version knows and the file lacks, so old and new files both work."""
+    """Create what this version defines and the file lacks, so old and new files both work."""
     _create_requests(db)
     _create_payloads(db)
     _create_rollup(db)

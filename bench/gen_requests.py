@@ -80,7 +80,7 @@ class TrafficGenerator:
         draw = self.rng.random()
         for threshold, outcome in self.outcomes:
             if draw < threshold:
-                # Only a request that went through the semantic router can be answered by it.
+                # The router can send its own response only for requests it processed.
                 return outcome if routed or outcome != "router_response" else "ok"
         return "ok"
 

@@ -3,8 +3,8 @@
 Routes follow configs/homelab.yaml: port 3000 sends `MoM` through the semantic router to
 Ollama, OpenAI or Gemini (with a Gemini fallback route when the router fails open), and the
 `llm:` listener on port 4000 takes provider models by name. Prices are USD per million
-tokens (input, cached input, output), rounded list prices at the time of writing, good enough
-for charts; they are not a price catalog.
+tokens (input, cached input, output). They are rounded list prices from late 2025, close
+enough for charts but not a price catalog.
 """
 
 from __future__ import annotations
