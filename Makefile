@@ -12,6 +12,12 @@ $(BIN)/meterway: pyproject.toml
 	@test -x $(BIN)/python || "$$(scripts/find-python)" -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	# xds-protos ships old copies of opentelemetry/proto/* and google/api/* that replace the
+	# files of opentelemetry-proto and googleapis-common-protos, and pip installs xds-protos
+	# last, so the OTLP exporters fail to import. Reinstalling the two owners, same versions,
+	# puts their files back; the envoy stubs import with the newer files too.
+	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps \
+		$$($(BIN)/python -m pip list --format=freeze | grep -iE '^(opentelemetry[-_]proto|googleapis[-_]common[-_]protos)==')
 	@touch $@
 
 # The gateway and its UI on the embedded default: SQLite beside the config.

@@ -70,6 +70,11 @@ def check_http_url(url: str, what: str) -> str:
     return url
 
 
+def stats_addr_text(value: Any) -> Any:
+    """Read a YAML `off` (which YAML 1.1 loads as false) as the string `off`."""
+    return "off" if value is False else value
+
+
 def parse_stats_addr(value: str | None) -> tuple[str, int] | None:
     """Return (host, port) for `config.statsAddr`, or None for `off`.
 

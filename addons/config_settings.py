@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 
 from addons.config_base import ConfigModel, FileRef, Opaque, exactly_one
-from addons.config_monitoring import MeterwayAlerts, MetricsConfig, TracingConfig
+from addons.config_monitoring import MeterwayAlerts, MetricsConfig, TracingConfig, stats_addr_text
 from addons.config_policies import LlmPolicies
 
 # agentgateway's default for `frontendPolicies.http.maxBufferSize` (2 MiB).
@@ -56,7 +56,7 @@ class ProxyConfig(ConfigModel):
     # Accepted for compatibility; meterway serves no admin or readiness endpoint.
     admin_addr: str | None = None
     # Where `/metrics` is served: HOST:PORT or `off`; unset is 127.0.0.1:15020.
-    stats_addr: str | None = None
+    stats_addr: Annotated[str | None, BeforeValidator(stats_addr_text)] = None
     readiness_addr: str | None = None
     session: Opaque | None = None
     mcp: Opaque | None = None
