@@ -251,7 +251,6 @@ def test_unsupported_fields_listed(tmp_path: Path):
         (12, "binds[0].listeners[0].routes[0].policies.ai.promptGuard", "`promptGuard` is not supported"),
         (17, "binds[0].listeners[0].routes[0].backends[0].ai.provider.vertex", "`vertex` is not supported"),
         (21, "config.database.url", "`postgres://` databases are not supported"),
-        (22, "config.tracing", "`tracing` is not supported"),
         (26, "llm.models[0].provider", "llm provider `ollama` is not supported"),
         (29, "policies[0]", "`phase: route` (the default) are not supported"),
     ]
@@ -488,8 +487,7 @@ DOC_EXAMPLES = [
           tracing: {otlpEndpoint: "http://localhost:4317", randomSampling: true}
         binds: []
         """,
-        ["config.logging: agentgateway's `logging` is not supported",
-         "config.tracing: agentgateway's `tracing` is not supported"],
+        ["config.logging: agentgateway's `logging` is not supported"],
     ),
 ]
 
