@@ -157,11 +157,14 @@ class EmbeddingsStandIn:
         self.authorization: list[str | None] = []
         self.url = ""
         self.release = asyncio.Event()
+        self.failing = False
         self._runner: web.AppRunner | None = None
 
     async def handle(self, request: web.Request) -> web.Response:
         payload = await request.json()
         self.requests.append(payload)
+        if self.failing:
+            return web.json_response({"error": {"message": "model is loading"}}, status=503)
         self.authorization.append(request.headers.get("Authorization"))
         inputs = payload["input"] if isinstance(payload["input"], list) else [payload["input"]]
         if any("slowprompt" in text for text in inputs):
@@ -568,6 +571,33 @@ async def test_embeddings_down_falls_back(tmp_path: Path, caplog: pytest.LogCapt
         _, second = await send_request(stub, "POST", "/v1/chat/completions", chat("MoM", "sort numbers in ascending order"))
         assert selected(second) == "gemini-flash"
         assert json.loads(second.request_body.response.body_mutation.body)["model"] == "gemini-flash"
+    finally:
+        await channel.close()
+        await server.stop(0)
+
+
+async def test_embeddings_recover_after_outage(tmp_path: Path, embeddings: EmbeddingsStandIn, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr("meterway.router.embeddings.RETRY_INTERVAL", 0.0)
+    embeddings.failing = True
+    server, channel, stub = await start_router(tmp_path, embeddings_yaml(embeddings.url))
+    prompt = "how do I sort these numbers in ascending order"
+    try:
+        assert "returned HTTP 503" in caplog.text
+        _, second = await send_request(stub, "POST", "/v1/chat/completions", chat("MoM", prompt))
+        assert selected(second) == "gemini-flash"
+
+        # The endpoint is back: a request starts a rebuild in the background, and once the
+        # examples are embedded the classifier takes part again.
+        embeddings.failing = False
+        classifier = server.engine.classifier
+        for _ in range(50):
+            await send_request(stub, "POST", "/v1/chat/completions", chat("MoM", prompt))
+            if classifier.ready:
+                break
+            await asyncio.sleep(0.02)
+        assert classifier.ready
+        _, second = await send_request(stub, "POST", "/v1/chat/completions", chat("MoM", prompt))
+        assert selected(second) == "qwen-coder"
     finally:
         await channel.close()
         await server.stop(0)

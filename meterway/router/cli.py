@@ -32,9 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run `meterway router` with `argv` (default: sys.argv[1:]); return the exit status."""
     args = build_parser().parse_args(argv)
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    else:
-        logging.getLogger("meterway.router").setLevel(args.log_level.upper())
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The level applies to the router's loggers only: grpc's own debug output is not wanted.
+    logging.getLogger("meterway.router").setLevel(args.log_level.upper())
 
     try:
         config = load_router_config(args.config)

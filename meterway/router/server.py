@@ -183,6 +183,9 @@ class RouterServer:
         server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # gRPC sets SO_REUSEPORT by default, so a second router on the same port would
+            # start silently and share the traffic; without it the bind fails visibly.
+            ("grpc.so_reuseport", 0),
         ])
         pb_grpc.add_ExternalProcessorServicer_to_server(ExtProcServicer(self.engine), server)
         try:
