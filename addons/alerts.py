@@ -38,7 +38,7 @@ def _origin(url: str) -> str:
 @dataclass
 class _KeyState:
     firing: bool = False
-    # Whether the receiver was told about the current firing, so it must hear the clearing.
+    # Whether a firing notice was sent for the current firing, so its clearing is sent too.
     notified: bool = False
     last_notice: float | None = None
 
