@@ -142,8 +142,8 @@ class Auth:
         if choice is None or not choice.key:
             return
         provider = choice.provider
-        flow.request.headers[provider.auth_header] = provider.auth_scheme + choice.key
-        rec["key_header"] = provider.auth_header
+        flow.request.headers[choice.header] = choice.scheme + choice.key
+        rec["key_header"] = choice.header
         if provider.kind == "anthropic" and "anthropic-version" not in flow.request.headers:
             flow.request.headers["anthropic-version"] = ANTHROPIC_VERSION
 

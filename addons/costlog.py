@@ -17,6 +17,7 @@ from mitmproxy import http
 
 from addons import record as flowrecord
 from addons.config import Config
+from addons.anthropic_translate import MessagesStreamToChat, error_to_openai, messages_to_chat
 from addons.conversation import prompt_text
 from addons.logrow import StoredBody, base_row, flow_blob, request_json, response_json
 from addons.pricing import PriceCatalog
@@ -40,6 +41,8 @@ class CostLog:
         self.catalog = PriceCatalog.load([])
         self.redactor = Redactor()
         self._taps: weakref.WeakKeyDictionary[http.HTTPFlow, tuple[StreamTap, Any]] = weakref.WeakKeyDictionary()
+        # Upstream bodies of translated responses, read for usage before translation.
+        self._originals: weakref.WeakKeyDictionary[http.HTTPFlow, Any] = weakref.WeakKeyDictionary()
         config.on_reload(self._reconfigure)
 
     def _reconfigure(self, gateway: Any) -> None:
@@ -80,9 +83,15 @@ class CostLog:
         length = response.headers.get("content-length", "")
         if kind is None and not (length.isdigit() and int(length) > STREAM_OVER_BYTES):
             return  # a small JSON body: buffered and read in `response`
-        tracker = UsageTracker(rec.get("api") or "other", rec.get("provider") or "openai")
+        translate = rec.get("translate") == "anthropic" and kind == "sse" and response.status_code < 400
+        tracker = UsageTracker("messages" if translate else rec.get("api") or "other", rec.get("provider") or "openai")
         strip = bool(rec.get("usage_added")) and response.status_code < 400
-        tap = StreamTap(tracker, kind=kind or "raw", strip_usage=strip, max_bytes=self._max_bytes())
+        transform = None
+        if translate:
+            transform = MessagesStreamToChat(rec.get("routed_model"), bool(rec.get("client_usage")))
+            response.headers.pop("content-length", None)
+        tap = StreamTap(tracker, kind=kind or "raw", strip_usage=strip, max_bytes=self._max_bytes(),
+                        transform=transform)
         response.stream = tap
         self._taps[flow] = (tap, tracker)
 
@@ -92,7 +101,23 @@ class CostLog:
             return
         if flow.response is not None and REQUEST_ID_HEADER not in flow.response.headers:
             flow.response.headers[REQUEST_ID_HEADER] = rec["id"]
+        if rec.get("translate") == "anthropic" and flow.response is not None and flow not in self._taps:
+            self._translate_body(flow, rec)
         self._finish(flow, rec)
+
+    def _translate_body(self, flow: http.HTTPFlow, rec: dict[str, Any]) -> None:
+        """Turn a buffered Anthropic answer into an OpenAI chat completion for the client."""
+        response = flow.response
+        parsed = _json(response.get_content(strict=False))
+        if not isinstance(parsed, dict):
+            return
+        self._originals[flow] = parsed
+        if response.status_code < 400:
+            converted = messages_to_chat(parsed, rec.get("routed_model"))
+        else:
+            converted = error_to_openai(parsed, response.status_code)
+        response.headers.pop("content-encoding", None)
+        response.content = json.dumps(converted).encode()
 
     def error(self, flow: http.HTTPFlow) -> None:
         rec = flowrecord.get(flow)
@@ -139,7 +164,12 @@ class CostLog:
                 response_body = StoredBody(response.raw_content, response.headers.get("content-encoding"),
                                            max_bytes, self.redactor)
                 parsed = _json(response_body.decoded)
-                if parsed is not None and rec.get("upstream") and response.status_code < 400:
+                original = self._originals.pop(flow, None)
+                if original is not None:
+                    tracker = UsageTracker("messages", "anthropic")
+                    if response.status_code < 400:
+                        tracker.feed_json(original)
+                elif parsed is not None and rec.get("upstream") and response.status_code < 400:
                     tracker.feed_json(parsed)
                 if row["outcome"] == "upstream_error" and not row["error"]:
                     row["error"] = self.redactor.text(_error_message(parsed, response.status_code))

@@ -85,6 +85,11 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _is_native_gemini(path: str) -> bool:
+    # generateContent and friends live under /v1beta/models/NAME:method (or /v1/...).
+    return path.startswith(("/v1beta/", "/v1/models/", "/v1alpha/")) and ":" in path
+
+
 def upstream_path(provider: Provider, client_path: str, *, host_override: bool,
                   path_override: str | None, path_prefix: str | None) -> str:
     """Compute the upstream path (query string included) for a client's request path."""
@@ -97,10 +102,10 @@ def upstream_path(provider: Provider, client_path: str, *, host_override: bool,
         return client_path
     # NOTE: agentgateway's pathPrefix is read here as a replacement for the client's leading
     # `/v1`, the same rule the providers' own prefixes follow.
+    if path.startswith(prefix.rstrip("/") + "/") or _is_native_gemini(path):
+        return client_path  # the client already used the provider's own path
     if path == "/v1" or path.startswith("/v1/"):
         path = path[len("/v1"):]
-    elif path.startswith(prefix.rstrip("/") + "/"):
-        return client_path  # the client already used the provider's native path
     return prefix.rstrip("/") + path + suffix
 
 

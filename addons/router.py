@@ -21,6 +21,8 @@ from addons import record as flowrecord
 from addons.config import Config
 from addons.errors import error_response
 from addons.extproc_gateway import RouterCalls
+from addons.anthropic_translate import TranslationError, chat_to_messages
+from addons.apiroutes import api_for, gemini_model_from_path
 from addons.providers import Provider, UnsupportedProvider, is_loopback, provider_for, resolve_upstream, split_hostport
 from addons.requestbody import (
     BadRequest, classify_api, client_asked_for_usage, parse_json_body, wants_stream, write_json_body,
@@ -32,10 +34,12 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class BackendChoice:
-    """What auth needs to know about the chosen backend: its provider and key."""
+    """What auth needs to know about the chosen backend: its provider, key and key header."""
 
     provider: Provider
     key: str | None
+    header: str
+    scheme: str
 
 
 def _header_dict(request: http.Request) -> dict[str, str]:
@@ -109,6 +113,8 @@ class Router:
             self._refuse(flow, err.status, str(err), param=err.param)
             return
         rec["requested_model"] = body.get("model") if body else None
+        if rec["requested_model"] is None and rec["api"] == "generate_content":
+            rec["requested_model"] = gemini_model_from_path(flow.request.path)
         rec["stream"] = 1 if wants_stream(rec["api"], flow.request.path, body) else 0
         usage_asked = client_asked_for_usage(body)
 
@@ -158,10 +164,15 @@ class Router:
                          "serve yet; use an `ai` backend", code="unsupported_backend")
             return
         aliases = {}
+        api_routes = None
         for policies in (route.policies, ai.policies, backend.policies):
             ai_policy = getattr(policies, "ai", None)
             if ai_policy is not None and ai_policy.model_aliases:
                 aliases = ai_policy.model_aliases  # the most specific level that sets them wins
+            if ai_policy is not None and ai_policy.routes:
+                api_routes = ai_policy.routes
+        if api_routes:
+            rec["api"] = api_for(flow.request.path, api_routes)
         auth = None
         for policies in (route.policies, ai.policies, backend.policies):
             if getattr(policies, "backend_auth", None) is not None:
@@ -197,14 +208,30 @@ class Router:
             return
         rec["backend"] = backend_name
         rec["provider"] = provider.catalog_id
+        native_gemini = provider.kind == "gemini" and rec["api"] == "generate_content"
         model = body.get("model") if body else None
+        if native_gemini:
+            model = rec.get("requested_model")
         routed = fixed_model or apply_model_alias(aliases, model)
         rec["routed_model"] = routed
         changed = False
-        if body is not None and routed is not None and routed != model:
+        if native_gemini and routed and routed != model:
+            flow.request.path = flow.request.path.replace(f"/models/{model}:", f"/models/{routed}:", 1)
+        elif body is not None and routed is not None and routed != model:
             body["model"] = routed
             changed = True
-        if body is not None and rec["stream"] and rec["api"] == "chat_completions" and not usage_asked:
+        translate = provider.kind == "anthropic" and rec["api"] == "chat_completions"
+        if translate and body is not None:
+            try:
+                body = chat_to_messages(body)
+            except TranslationError as err:
+                self._refuse(flow, 400, str(err), code="unsupported_for_anthropic")
+                return
+            rec["translate"] = "anthropic"
+            rec["client_usage"] = usage_asked
+            path_override = path_override or "/v1/messages"
+            changed = True
+        elif body is not None and rec["stream"] and rec["api"] == "chat_completions" and not usage_asked:
             options = body.get("stream_options")
             if not isinstance(options, dict) or options.get("include_usage") is not True:
                 body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
@@ -225,7 +252,10 @@ class Router:
         flow.request.port = port
         flow.request.path = upstream.path
         rec["upstream"] = f"{host}:{port}"
-        self._choices[flow] = BackendChoice(provider, key)
+        header, scheme = provider.auth_header, provider.auth_scheme
+        if native_gemini:
+            header, scheme = "x-goog-api-key", ""  # the native API's key header
+        self._choices[flow] = BackendChoice(provider, key, header, scheme)
         logger.debug("flow %s: route %s -> %s %s", flow.id, rec["route"], rec["upstream"], routed)
 
     def _answer_models(self, flow: http.HTTPFlow, listener: Any) -> None:

@@ -18,8 +18,12 @@ from addons.sse import SSEParser, UsageEventFilter
 
 
 class StreamTap:
-    def __init__(self, tracker: Any | None, *, kind: str, strip_usage: bool, max_bytes: int) -> None:
+    def __init__(self, tracker: Any | None, *, kind: str, strip_usage: bool, max_bytes: int,
+                 transform: Any | None = None) -> None:
         self.tracker = tracker
+        # Rewrites the stream for the client (feed(bytes) -> bytes, finish() -> bytes), as
+        # when an Anthropic stream goes back to an OpenAI client; usage is read before it.
+        self.transform = transform
         self.kind = kind  # "sse", "ndjson" or "raw"
         self.parser = SSEParser() if kind == "sse" else None
         self.filter = UsageEventFilter() if strip_usage and kind == "sse" else None
@@ -47,7 +51,12 @@ class StreamTap:
             self.first_byte_at = time.time()
         self.total_bytes += len(chunk)
         self._account(chunk)
-        out = self.filter.filter(chunk) if self.filter is not None else chunk
+        if self.transform is not None:
+            out = self.transform.feed(chunk)
+        elif self.filter is not None:
+            out = self.filter.filter(chunk)
+        else:
+            out = chunk
         self._keep(out)
         return [out] if out else []
 
@@ -74,6 +83,11 @@ class StreamTap:
                     self.tracker.feed_event(event)
             elif self.kind == "ndjson" and self._line_buffer.strip():
                 self.tracker.feed_ndjson_line(self._line_buffer)
-        rest = self.filter.finish() if self.filter is not None else b""
+        if self.transform is not None:
+            rest = self.transform.finish()
+        elif self.filter is not None:
+            rest = self.filter.finish()
+        else:
+            rest = b""
         self._keep(rest)
         return rest
