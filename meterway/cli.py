@@ -68,6 +68,55 @@ def _ui(args: argparse.Namespace) -> int:
     return serve(db_path, host=args.host, port=args.port, password=args.password)
 
 
+def _log_path(args: argparse.Namespace) -> Path:
+    from addons.config_load import load_config
+
+    if args.db:
+        return Path(args.db)
+    return load_config(Path(args.config or DEFAULT_CONFIG)).database_path()
+
+
+def _flow(args: argparse.Namespace) -> int:
+    from addons.config_load import ConfigError
+    from meterway.flows import FlowExportError, default_output, select_flows, write_flows
+
+    if not args.ids and not args.where:
+        print("Error: name at least one request id, or select requests with --where", file=sys.stderr)
+        return 2
+    try:
+        flows = select_flows(_log_path(args), args.ids, args.where)
+    except ConfigError as err:
+        print("Error: " + "; ".join(err.problems), file=sys.stderr)
+        return 2
+    except FlowExportError as err:
+        print(f"Error: {err}", file=sys.stderr)
+        return 1
+    output = Path(args.output) if args.output else default_output(args.ids)
+    write_flows(flows, output)
+    print(f"wrote {len(flows)} flow(s) to {output}; open them with `mitmweb -r {output}` "
+          "or `meterway web CONFIG --open ID`")
+    return 0
+
+
+def _web(args: argparse.Namespace) -> int:
+    from addons.config_load import ConfigError
+    from meterway.web import WebSetupError, serve_web
+
+    try:
+        return asyncio.run(serve_web(
+            Path(args.config), open_ids=args.open, web_host=args.web_host, web_port=args.web_port,
+            upstreams=args.upstream, listen_host=args.listen_host, trusted_ca=args.trusted_ca,
+            replay_only=args.replay_only, token_file=Path(args.token_file) if args.token_file else None,
+        ))
+    except ConfigError as err:
+        for problem in err.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 2
+    except WebSetupError as err:
+        print(f"Error: {err}", file=sys.stderr)
+        return 1
+
+
 def _router(argv: list[str]) -> int:
     from meterway.router.cli import main as router_main
 
@@ -101,6 +150,38 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--password", default=None, help="Require this password to view the UI.")
     ui.set_defaults(func=_ui)
 
+    flow = commands.add_parser("flow", help="Export logged requests as a mitmproxy flow file (.mitm).")
+    flow.add_argument("ids", nargs="*", metavar="ID", help="Request ids (the x-meterway-request-id header).")
+    source = flow.add_mutually_exclusive_group()
+    source.add_argument("--db", default=None, help="Path of the request log (SQLite).")
+    source.add_argument("--config", default=None,
+                        help=f"Gateway config whose request log to read (default {DEFAULT_CONFIG}).")
+    flow.add_argument("--where", default=None, metavar="SQL",
+                      help="Also export the rows this SQL condition on `requests` selects, "
+                           "for example \"outcome != 'ok'\".")
+    flow.add_argument("-o", "--output", default=None,
+                      help="File to write (default ID.mitm for one id, else flows.mitm).")
+    flow.set_defaults(func=_flow)
+
+    web = commands.add_parser("web", help="Run the gateway under mitmweb to inspect and replay requests.")
+    web.add_argument("config", help="Path of the gateway config.")
+    web.add_argument("--open", nargs="+", default=[], metavar="ID",
+                     help="Load these logged requests into the web UI, ready to edit and replay.")
+    web.add_argument("--web-host", default="127.0.0.1", help="Address of the web UI (default 127.0.0.1).")
+    web.add_argument("--web-port", type=int, default=None,
+                     help="Port of the web UI (default 8081, or the next free port).")
+    web.add_argument("--upstream", action="append", default=[], metavar="HOST:PORT=URL",
+                     help="Send requests for an upstream host:port to another URL instead (repeatable).")
+    web.add_argument("--listen-host", default=None,
+                     help="Address the listeners bind to (default: the config's, else 127.0.0.1).")
+    web.add_argument("--trusted-ca", default=None, help="PEM file of CA certificates to trust for upstream TLS.")
+    web.add_argument("--replay-only", action="store_true",
+                     help="Open no listeners, only the web UI, so it runs beside `meterway run`.")
+    web.add_argument("--token-file", default=None,
+                     help="Write the web UI's URL with its token to this file (mode 0600) instead of "
+                          "printing it.")
+    web.set_defaults(func=_web)
+
     commands.add_parser("router", help="Run the built-in semantic router (ext_proc server).", add_help=False)
     return parser
 
@@ -111,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "router":
         return _router(argv[1:])
     args = build_parser().parse_args(argv)
-    if args.command != "run":
-        # `run` logs through mitmproxy's terminal log instead.
+    if args.command not in ("run", "web"):
+        # `run` and `web` log through mitmproxy's terminal log instead.
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return args.func(args)
