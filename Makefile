@@ -40,8 +40,12 @@ test: $(BIN)/meterway $(ENVOY_VENV)/bin/envoy
 	scripts/install-system-packages
 	$(BIN)/python -m pytest -q
 
+# Benchmarks on 127.0.0.1 (about 10 minutes; BENCH_ARGS=--quick for a short run). wrk drives
+# the plain-request load; without it the run falls back to its asyncio client.
+BENCH_ARGS ?=
 bench: $(BIN)/meterway
-	$(BIN)/python -m bench
+	@command -v wrk >/dev/null || apt-get install -y -qq wrk || echo "wrk not installed: using the asyncio client"
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(ENVOY_VENV)

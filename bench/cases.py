@@ -1,0 +1,114 @@
+"""The measurements on one running target: plain requests at each concurrency, then streams."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import sys
+from pathlib import Path
+
+from bench.load import run_json, run_plain
+from bench.procstat import Sampler
+from bench.settings import Settings
+from bench.targets import Target
+
+logger = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+
+
+def _with_usage(result: dict, usage: object | None) -> dict:
+    if usage is not None:
+        result["cpu_s"] = usage.cpu_s
+        result["rss_peak_mib"] = usage.rss_peak / MIB
+        requests = result.get("requests") or result.get("ok") or 0
+        result["cpu_ms_per_request"] = usage.cpu_s * 1000 / requests if requests else None
+    return result
+
+
+def warm_up(target: Target) -> None:
+    """Send a few plain requests and one stream, and wait for them to finish.
+
+    The first requests through a fresh gateway load price data and encoders; a time-bounded
+    warm-up could leave them in flight into the first measured case.
+    """
+    run_json([sys.executable, "-m", "bench.client", "plain", "--url", target.url, "--concurrency", "2",
+              "--duration", "30", "--max-requests", "40"], timeout=60)
+    run_json([sys.executable, "-m", "bench.client", "streams", "--url", target.url, "--streams", "2"], timeout=60)
+
+
+def measure_plain(target: Target, settings: Settings) -> dict[str, dict]:
+    """Measure requests per second and latency at each concurrency, with the proxy's CPU and RSS."""
+    results: dict[str, dict] = {}
+    for concurrency in settings.concurrencies:
+        sampler = Sampler(target.pid).start()
+        result = run_plain(target.url, concurrency, settings.duration, settings.load_client)
+        results[str(concurrency)] = _with_usage(result, sampler.stop())
+        logger.info("%s c=%d: %.0f rps, p50 %.2f ms, p99 %.2f ms, %d errors", target.name, concurrency,
+                    result["rps"], result["p50_ms"] or 0, result["p99_ms"] or 0, result["errors"])
+    return results
+
+
+def stream_model(mode: str) -> str:
+    """Return the model name that makes the upstream stream fast or paced."""
+    return "gpt-4o-mini-paced" if mode == "paced" else "gpt-4o-mini"
+
+
+def measure_streams(target: Target, settings: Settings) -> dict[str, dict]:
+    """Time concurrent streams, fast and paced, at each stream count."""
+    results: dict[str, dict] = {}
+    for mode in settings.stream_modes:
+        for count in settings.stream_counts:
+            command = [sys.executable, "-m", "bench.client", "streams", "--url", target.url,
+                       "--streams", str(count), "--model", stream_model(mode), "--timeout", "120"]
+            sampler = Sampler(target.pid).start()
+            result = run_json(command, timeout=180)
+            results[f"{mode}-{count}"] = _with_usage(result, sampler.stop())
+            logger.info("%s %s x%d: wall %.2f s, TTFB p50 %.1f ms, %d errors", target.name, mode, count,
+                        result["wall_s"], result["ttfb_p50_ms"] or 0, result["errors"])
+    return results
+
+
+def logged_rows(target: Target) -> int | None:
+    """Count the rows a meterway target wrote to its request log, or None without one."""
+    if target.folder is None:
+        return None
+    database = target.folder / "bench.db"
+    if not database.exists():
+        return None
+    conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    try:
+        return conn.execute("select count(*) from requests").fetchone()[0]
+    except sqlite3.Error:
+        return None
+    finally:
+        conn.close()
+
+
+def router_outcomes(target: Target) -> dict[str, int]:
+    """Count the router outcomes in a meterway target's log (shows whether the router ran)."""
+    database = target.folder / "bench.db" if target.folder else None
+    if database is None or not database.exists():
+        return {}
+    conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("select coalesce(router_outcome, 'none'), count(*) from requests group by 1").fetchall()
+        return {name: count for name, count in rows}
+    except sqlite3.Error:
+        return {}
+    finally:
+        conn.close()
+
+
+def measure_bulk(target: Target, folder: Path) -> dict:
+    """Stream the bench-bulk response through the target while sampling its RSS."""
+    sampler = Sampler(target.pid, interval=0.05).start()
+    result = run_json([sys.executable, "-m", "bench.client", "bulk", "--url", target.url, "--timeout", "300"],
+                      timeout=360)
+    usage = sampler.stop()
+    if usage is not None:
+        result.update(rss_start_mib=usage.rss_start / MIB, rss_peak_mib=usage.rss_peak / MIB,
+                      rss_end_mib=usage.rss_end / MIB, cpu_s=usage.cpu_s)
+    if result.get("seconds"):
+        result["mib_per_s"] = result.get("bytes", 0) / MIB / result["seconds"]
+    return result

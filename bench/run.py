@@ -1,0 +1,172 @@
+"""One benchmark run: start the upstream, measure each target in turn, then the extra parts."""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from bench import cases
+from bench.litellm_env import VENV as LITELLM_VENV
+from bench.litellm_env import LiteLLMUnavailable
+from bench.load import run_json, run_plain, wrk_path
+from bench.profile_report import summarize
+from bench.settings import Settings
+from bench.targets import (
+    TARGETS, Processes, Target, start_litellm, start_meterway, start_mitmdump, start_router, start_upstream,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def machine_facts() -> dict:
+    """Collect the facts a reader needs to compare numbers across machines."""
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    wrk = wrk_path()
+    wrk_version = None
+    if wrk:
+        done = subprocess.run([wrk, "--version"], capture_output=True, text=True)
+        wrk_version = (done.stdout or done.stderr).split("[")[0].strip() or None
+    litellm_version = None
+    python = LITELLM_VENV / "bin" / "python"
+    if python.exists():
+        done = subprocess.run([str(python), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
+                              capture_output=True, text=True)
+        litellm_version = done.stdout.strip() or None
+    return {"cores": __import__("os").cpu_count(), "cpu": cpu, "python": platform.python_version(),
+            "mitmproxy": metadata.version("mitmproxy"), "aiohttp": metadata.version("aiohttp"),
+            "litellm": litellm_version, "wrk": wrk_version, "kernel": platform.release(),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def _start_target(name: str, procs: Processes, upstream: str, router: str | None) -> Target:
+    if name == "direct":
+        return Target("direct", upstream, None)
+    if name == "meterway":
+        return start_meterway(procs, "meterway", upstream, router)
+    if name == "meterway-norouter":
+        return start_meterway(procs, "meterway-norouter", upstream, None)
+    if name in ("mitmdump", "mitmdump-stream"):
+        return start_mitmdump(procs, name, upstream, stream=name == "mitmdump-stream")
+    return start_litellm(procs, upstream)
+
+
+def measure_target(name: str, procs: Processes, upstream: str, router: str | None, settings: Settings) -> dict:
+    """Start one target, run its cases, stop it, and return its results (or why it is missing)."""
+    entry: dict = {"description": TARGETS[name], "status": "ok"}
+    began = time.monotonic()
+    try:
+        target = _start_target(name, procs, upstream, router)
+    except LiteLLMUnavailable as error:
+        logger.warning("litellm is missing: %s", error)
+        return {**entry, "status": f"missing: {error}"}
+    except (RuntimeError, TimeoutError, OSError) as error:
+        logger.error("%s did not start: %s", name, error)
+        return {**entry, "status": f"failed to start: {str(error)[:400]}"}
+    entry["startup_s"] = time.monotonic() - began
+    try:
+        cases.warm_up(target)
+        if not target.streams_only:
+            entry["plain"] = cases.measure_plain(target, settings)
+        entry["streams"] = cases.measure_streams(target, settings)
+    except (RuntimeError, subprocess.TimeoutExpired, ValueError) as error:
+        logger.error("%s failed during measurement: %s", name, error)
+        entry["status"] = f"failed: {str(error)[:400]}"
+    finally:
+        process = next((p for n, p in procs.running if p.pid == target.pid), None)
+        if process is not None:
+            procs.stop(process)
+    if name.startswith("meterway"):
+        entry["logged_rows"] = cases.logged_rows(target)
+        entry["router_outcomes"] = cases.router_outcomes(target)
+    return entry
+
+
+def run_store(settings: Settings) -> dict:
+    """Run the request log benchmark in its own process."""
+    command = [sys.executable, "-m", "bench.storebench", "--seconds", str(settings.store_seconds)]
+    return run_json(command, timeout=settings.store_seconds + 120)
+
+
+def run_memory(procs: Processes, upstream: str, router: str | None) -> dict:
+    """Pass the bench-bulk stream through meterway and report its RSS over the transfer."""
+    target = start_meterway(procs, "meterway-memory", upstream, router)
+    try:
+        return cases.measure_bulk(target, procs.folder)
+    finally:
+        procs.stop(next(p for _, p in procs.running if p.pid == target.pid))
+
+
+def run_profile(procs: Processes, upstream: str, router: str | None, settings: Settings) -> dict:
+    """Profile meterway (router config) under plain requests at concurrency 10."""
+    stats_path = procs.folder / "meterway.pstats"
+    target = start_meterway(procs, "meterway-profile", upstream, router, profile_to=stats_path)
+    try:
+        cases.warm_up(target)
+        load = run_plain(target.url, 10, settings.profile_seconds, settings.load_client)
+    finally:
+        procs.stop(next(p for _, p in procs.running if p.pid == target.pid), timeout=60)
+    if not stats_path.exists():
+        return {"error": f"no profile written; see {procs.folder / 'meterway-profile.log'}"}
+    summary = summarize(stats_path)
+    summary["rps_under_profiler"] = load["rps"]
+    summary["pstats"] = str(stats_path)
+    return summary
+
+
+def run_all(settings: Settings) -> dict:
+    """Run every selected target and part; return the results with the machine facts."""
+    results: dict = {"machine": machine_facts(), "preset": settings.preset,
+                     "settings": {"duration_s": settings.duration, "concurrencies": list(settings.concurrencies),
+                                  "stream_counts": list(settings.stream_counts), "chunks": settings.chunks,
+                                  "pace_ms": settings.pace_ms, "bulk_mb": settings.bulk_mb,
+                                  "load_client": "wrk" if settings.load_client != "python" and wrk_path()
+                                  else "python"},
+                     "targets": {}}
+    folder = Path(tempfile.mkdtemp(prefix="meterway-bench-"))
+    results["folder"] = str(folder)
+    procs = Processes(folder)
+    began = time.monotonic()
+    try:
+        upstream = start_upstream(procs, settings.chunks, settings.pace_ms, settings.bulk_mb)
+        needs_router = "meterway" in settings.targets or {"memory", "profile"} & set(settings.parts)
+        router = start_router(procs) if needs_router else None
+        if "load" in settings.parts:
+            for name in settings.targets:
+                logger.info("measuring %s", name)
+                results["targets"][name] = measure_target(name, procs, upstream, router, settings)
+        if "store" in settings.parts:
+            logger.info("measuring the request log writer")
+            results["store"] = run_store(settings)
+        if "memory" in settings.parts:
+            logger.info("streaming %d MB through meterway", settings.bulk_mb)
+            results["memory"] = run_memory(procs, upstream, router)
+        if "profile" in settings.parts:
+            logger.info("profiling meterway for %.0f s", settings.profile_seconds)
+            results["profile"] = run_profile(procs, upstream, router, settings)
+    finally:
+        procs.close()
+    results["elapsed_s"] = time.monotonic() - began
+    if settings.preset == "smoke":
+        shutil.rmtree(folder, ignore_errors=True)
+    return results
+
+
+def write_json(results: dict, path: str) -> None:
+    """Write the raw results as JSON."""
+    Path(path).write_text(json.dumps(results, indent=2, sort_keys=True))
