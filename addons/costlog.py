@@ -11,7 +11,7 @@ import json
 import logging
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from mitmproxy import http
 
@@ -43,6 +43,8 @@ class CostLog:
         self._taps: weakref.WeakKeyDictionary[http.HTTPFlow, tuple[StreamTap, Any]] = weakref.WeakKeyDictionary()
         # Upstream bodies of translated responses, read for usage before translation.
         self._originals: weakref.WeakKeyDictionary[http.HTTPFlow, Any] = weakref.WeakKeyDictionary()
+        # Called with each finished row on the event loop; each must be cheap and never raise.
+        self.observers: list[Callable[[dict[str, Any]], None]] = []
         config.on_reload(self._reconfigure)
 
     def _reconfigure(self, gateway: Any) -> None:
@@ -136,6 +138,11 @@ class CostLog:
             row, payload, fts = base_row(rec), None, None
         if self.store is not None:
             self.store.submit(row, payload, fts)
+        for observe in self.observers:
+            try:
+                observe(row)
+            except Exception:  # monitoring must never cost a request its row
+                logger.exception("flow %s: a row observer failed", flow.id)
 
     def _build(self, flow: http.HTTPFlow, rec: dict[str, Any]) -> tuple[dict, dict | None, tuple | None]:
         row = base_row(rec)

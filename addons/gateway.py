@@ -4,7 +4,7 @@
 
 The addons share one flow record: config loads the YAML and opens the listeners, router
 picks route, backend and model, auth swaps client credentials for the backend key, costlog
-writes the row.
+writes the row, and metrics, tracing and alerts observe each finished row.
 """
 
 from __future__ import annotations
@@ -18,19 +18,31 @@ except ImportError:
     # Run from a checkout without installing: make the repository root importable.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from addons.alerts import Alerts
 from addons.auth import Auth
 from addons.config import Config
 from addons.costlog import CostLog
 from addons.errors import install_json_error_pages
+from addons.metrics import Metrics
 from addons.router import Router
+from addons.tracing import Tracing
 
 
 def make_addons() -> list[object]:
-    """Create the gateway's addons in the order their hooks must run."""
+    """Create the gateway's addons in the order their hooks must run.
+
+    Tracing follows the router because its span starts from the record the router creates,
+    and its `request` hook marks the end of the router call.
+    """
     install_json_error_pages()
     config = Config()
     router = Router(config)
-    return [config, router, Auth(config, router), CostLog(config)]
+    costlog = CostLog(config)
+    metrics = Metrics(config, stats=lambda: costlog.store.stats if costlog.store else None)
+    tracing = Tracing(config)
+    alerts = Alerts(config)
+    costlog.observers += [metrics.observe, tracing.observe, alerts.observe]
+    return [config, router, tracing, Auth(config, router), costlog, metrics, alerts]
 
 
 addons = make_addons()

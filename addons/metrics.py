@@ -151,11 +151,15 @@ class Metrics:
             self.start(*address)
 
     def start(self, host: str, port: int) -> None:
-        """Serve the metrics on host:port in a daemon thread; a busy port only logs an error."""
+        """Serve the metrics on host:port in a daemon thread; a busy port only logs a warning.
+
+        A warning, not an error: mitmdump exits on an error logged during startup, and the
+        gateway should keep serving traffic without its metrics endpoint.
+        """
         try:
             self._server, _thread = start_http_server(port, addr=host, registry=self.registry)
         except OSError as error:
-            logger.error("metrics endpoint not started on %s:%s: %s; set config.statsAddr to a free "
+            logger.warning("metrics endpoint not started on %s:%s: %s; set config.statsAddr to a free "
                          "HOST:PORT or to off", host, port, error)
             self._server = None
             return

@@ -141,7 +141,7 @@ class Tracing:
         try:
             inner = make_exporter(settings)
         except ImportError as error:
-            logger.error(
+            logger.warning(
                 "tracing is off: the OTLP exporter cannot be imported (%s). xds-protos may have "
                 "overwritten opentelemetry-proto's files; run `pip install --force-reinstall --no-deps "
                 "opentelemetry-proto googleapis-common-protos` at the versions installed, or `make`", error)
