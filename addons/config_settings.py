@@ -174,6 +174,15 @@ class MeterwayPayloads(ConfigModel):
     max_bytes: int = Field(default=1024 * 1024, ge=0)
 
 
+class MeterwayRetention(ConfigModel):
+    """`meterway.retention`: how long the request log keeps rows, and how large it may grow."""
+
+    # Rows older than this many days are deleted with their payloads; unset keeps them all.
+    days: float | None = Field(default=None, gt=0)
+    # Bodies are deleted oldest first while the database file is larger than this, in bytes.
+    max_database_bytes: int | None = Field(default=None, gt=0)
+
+
 class MeterwaySettings(ConfigModel):
     """The top-level `meterway:` section. agentgateway rejects this key, so a file that
     sets it is meterway's own."""
@@ -181,5 +190,8 @@ class MeterwaySettings(ConfigModel):
     ext_proc: MeterwayExtProc = Field(default_factory=MeterwayExtProc)
     payloads: MeterwayPayloads = Field(default_factory=MeterwayPayloads)
     alerts: MeterwayAlerts = Field(default_factory=MeterwayAlerts)
+    retention: MeterwayRetention = Field(default_factory=MeterwayRetention)
     # Address the listeners bind to.
     listen_address: str = "127.0.0.1"
+    # Seconds that requests in flight may take to finish after SIGTERM or Ctrl-C.
+    drain_timeout: float = Field(default=10.0, ge=0)
