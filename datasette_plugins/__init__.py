@@ -13,7 +13,7 @@ from datasette.plugins import pm
 
 SUBMODULES = (
     "analytics_page", "request_page", "cells", "metadata", "mitm_export", "navigation",
-    "password",
+    "password", "range_cache", "warmup",
 )
 
 for _name in SUBMODULES:

@@ -1,8 +1,9 @@
-"""Run the Analytics page's queries over `rollup_hour`, or `requests` for short ranges.
+"""Compute what the Analytics page shows, from `rollup_hour` or, for short ranges, `requests`.
 
-Both sources are read through one subquery that yields the same columns, so totals, series
-and breakdowns use one SQL text. Only the most-expensive and slowest lists always read
-`requests`, bounded by the `started_ms` range and a LIMIT.
+Both sources produce the same per-bucket groups (dimension tuple, sums, latency histogram),
+so totals, series, breakdowns, filter menus and percentiles come from one Python pass. Only
+the most-expensive and slowest lists read `requests` for long ranges, one bucket at a time,
+bounded by the `started_ms` index and a LIMIT.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from datasette.database import Database
 
 from addons.store_rollup import percentile_from_hist
 
+from .range_cache import SUMMED, Group, bucket_groups, sum_hists, top_requests
 from .time_range import TimeRange
 
 # Group-by name -> (summary column, the same value computed from a `requests` row).
@@ -30,11 +32,6 @@ DIMENSIONS: dict[str, tuple[str, str]] = {
     ),
 }
 MEASURES = {"requests": "requests", "tokens": "total_tokens", "cost": "cost_usd"}
-SUMMED = (
-    "requests", "errors", "input_tokens", "output_tokens", "cached_input_tokens",
-    "reasoning_tokens", "total_tokens", "cost_usd", "unpriced", "duration_ms_sum",
-    "ttft_ms_sum", "ttft_count",
-)
 TOP_LIMIT = 10
 MAX_GROUPS = 8  # Stacks beyond this many groups are merged into "(other)".
 
@@ -47,12 +44,6 @@ SELECT started_ms AS t,
   cost_usd, cost_status = 'unpriced' AS unpriced, duration_ms AS duration_ms_sum,
   ttft_ms AS ttft_ms_sum, ttft_ms IS NOT NULL AS ttft_count, duration_ms
 FROM requests WHERE started_ms >= :start AND started_ms < :end
-"""
-_ROLLUP_SOURCE = """
-SELECT bucket_ms AS t, model, provider, route, client, status_class, outcome,
-  requests, errors, input_tokens, output_tokens, cached_input_tokens, reasoning_tokens,
-  total_tokens, cost_usd, unpriced, duration_ms_sum, ttft_ms_sum, ttft_count, latency_hist
-FROM rollup_hour WHERE bucket_ms >= :start AND bucket_ms < :end
 """
 
 
@@ -82,11 +73,10 @@ class Analytics:
     slowest: list[dict[str, Any]]
 
 
-def _where(query: Query, raw: bool) -> tuple[str, dict[str, Any]]:
+def _where(query: Query) -> tuple[str, dict[str, Any]]:
     clauses, params = [], {}
-    for name, value in query.filters.items():
-        column, expr = DIMENSIONS[name]
-        clauses.append(f"{expr if raw else column} = :f_{name}")
+    for name, value in sorted(query.filters.items()):
+        clauses.append(f"{DIMENSIONS[name][1]} = :f_{name}")
         params[f"f_{name}"] = value
     return (" AND ".join(clauses) or "1"), params
 
@@ -98,62 +88,37 @@ async def _bounds(db: Database) -> list[float]:
     return [float(row[0]) for row in rows]
 
 
-async def _series_rows(db: Database, query: Query, params: dict[str, Any]) -> list[Any]:
-    source = _RAW_SOURCE if query.time_range.uses_raw_rows else _ROLLUP_SOURCE
-    where, filter_params = _where(query, raw=False)
-    group_column = DIMENSIONS[query.group][0]
-    sums = ", ".join(f"sum({name}) AS {name}" for name in SUMMED)
+async def _raw_bucket_groups(db: Database, tr: TimeRange, size: int) -> list[tuple[int, list[Group]]]:
+    """Build the same per-bucket groups as the summary cache, straight from `requests`."""
+    columns = ", ".join(column for column, _ in DIMENSIONS.values())
+    sums = ", ".join(f"sum({name})" for name in SUMMED)
+    # The bucket of a duration is the first one whose upper bound holds it, as in the writer.
     sql = (
-        f"SELECT ((t + :offset_ms) / :bucket_ms) * :bucket_ms - :offset_ms AS bucket, "
-        f"{group_column} AS grp, {sums} FROM ({source}) WHERE {where} GROUP BY bucket, grp"
+        f"SELECT ((t + :offset_ms) / :bucket_ms) * :bucket_ms - :offset_ms AS bucket, {columns}, "
+        "coalesce((SELECT min(idx) FROM latency_buckets WHERE upper_ms >= duration_ms), "
+        "(SELECT max(idx) FROM latency_buckets)) AS idx, "
+        f"sum(duration_ms IS NOT NULL), {sums} FROM ({_RAW_SOURCE}) "
+        f"GROUP BY bucket, {columns}, idx"
     )
-    return list(await db.execute(sql, {**params, **filter_params}))
-
-
-async def _options(db: Database, query: Query, params: dict[str, Any]) -> dict[str, list[str]]:
-    source = _RAW_SOURCE if query.time_range.uses_raw_rows else _ROLLUP_SOURCE
-    columns = [column for column, _ in DIMENSIONS.values()]
-    sql = f"SELECT DISTINCT {', '.join(columns)} FROM ({source})"
-    found: dict[str, set[str]] = {name: set() for name in DIMENSIONS}
+    params = {"start": tr.start_ms, "end": tr.end_ms, "offset_ms": tr.offset_minutes * 60_000,
+              "bucket_ms": tr.bucket_ms}
+    found: dict[tuple[int, tuple[str, ...]], tuple[list[float], list[int]]] = {}
     for row in await db.execute(sql, params):
-        for name, value in zip(DIMENSIONS, row):
-            found[name].add(value)
-    return {name: sorted(values) for name, values in found.items()}
+        key = (row[0], tuple(row[1:6]))
+        sums_so_far, hist = found.setdefault(key, ([0.0] * len(SUMMED), [0] * size))
+        for index, value in enumerate(row[8:]):
+            sums_so_far[index] += value or 0
+        if row[6] is not None and 0 <= row[6] < size:
+            hist[row[6]] += int(row[7] or 0)
+    per_bucket: dict[int, list[Group]] = defaultdict(list)
+    for (bucket, dims), (sums_so_far, hist) in found.items():
+        per_bucket[bucket].append((dims, sums_so_far, hist))
+    return sorted(per_bucket.items())
 
 
-async def _histograms(db: Database, query: Query, params: dict[str, Any]) -> dict[str, list[int]]:
-    where, filter_params = _where(query, raw=False)
-    if query.time_range.uses_raw_rows:
-        # The bucket of a duration is the first one whose upper bound holds it.
-        sql = (
-            "SELECT model, coalesce((SELECT min(idx) FROM latency_buckets "
-            "WHERE upper_ms >= duration_ms), (SELECT max(idx) FROM latency_buckets)) AS idx, "
-            f"count(*) FROM ({_RAW_SOURCE}) WHERE {where} AND duration_ms IS NOT NULL "
-            "GROUP BY model, idx"
-        )
-    else:
-        sql = (
-            "SELECT model, CAST(j.key AS INTEGER) AS idx, sum(j.value) "
-            f"FROM ({_ROLLUP_SOURCE}) AS r, json_each(r.latency_hist) AS j "
-            f"WHERE {where} GROUP BY model, idx"
-        )
-    size = len(await _bounds(db)) + 1
-    hists: dict[str, list[int]] = defaultdict(lambda: [0] * size)
-    for model, idx, count in await db.execute(sql, {**params, **filter_params}):
-        if 0 <= idx < size:
-            hists[model][idx] += int(count or 0)
-    return dict(hists)
-
-
-async def _top(db: Database, query: Query, params: dict[str, Any], order: str) -> list[dict]:
-    where, filter_params = _where(query, raw=True)
-    sql = (
-        "SELECT id, started_ms, requested_model, router_model, routed_model, provider, "
-        "status, outcome, duration_ms, total_tokens, cost_usd FROM requests "
-        f"WHERE started_ms >= :start AND started_ms < :end AND {where} "
-        f"AND {order} IS NOT NULL ORDER BY {order} DESC LIMIT {TOP_LIMIT}"
-    )
-    return [dict(row) for row in await db.execute(sql, {**params, **filter_params})]
+def _matches(dims: tuple[str, ...], filters: dict[str, str]) -> bool:
+    return all(dims[index] == filters[name] for index, name in enumerate(DIMENSIONS)
+               if name in filters)
 
 
 def _percentiles(hist: list[int], bounds: list[float]) -> tuple[float | None, ...]:
@@ -163,53 +128,68 @@ def _percentiles(hist: list[int], bounds: list[float]) -> tuple[float | None, ..
 
 
 async def load_analytics(db: Database, query: Query) -> Analytics:
-    """Run the page's queries concurrently and shape their results for the template."""
+    """Read the range's per-bucket groups and top requests, and shape them for the template."""
     tr = query.time_range
-    params = {"start": tr.start_ms, "end": tr.end_ms,
-              "offset_ms": tr.offset_minutes * 60_000, "bucket_ms": tr.bucket_ms}
-    series_rows, options, hists, expensive, slowest, bounds = await asyncio.gather(
-        _series_rows(db, query, params),
-        _options(db, query, params),
-        _histograms(db, query, params),
-        _top(db, query, params, "cost_usd"),
-        _top(db, query, params, "duration_ms"),
-        _bounds(db),
-    )
+    bounds = await _bounds(db)
+    where, params = _where(query)
+    if tr.uses_raw_rows:
+        bucket_list = await _raw_bucket_groups(db, tr, len(bounds) + 1)
+        top_buckets, top_width = [tr.start_ms], tr.end_ms - tr.start_ms
+    else:
+        bucket_list = await bucket_groups(db, tr.start_ms, tr.end_ms, tr.buckets(), tr.bucket_ms)
+        top_buckets, top_width = tr.buckets(), tr.bucket_ms
+    expensive, slowest = await asyncio.gather(*(
+        top_requests(db, tr.start_ms, tr.end_ms, top_buckets, top_width, order, where, params,
+                     TOP_LIMIT)
+        for order in ("cost_usd", "duration_ms")))
 
     buckets = tr.buckets()
     position = {bucket: index for index, bucket in enumerate(buckets)}
-    totals = {name: 0.0 for name in SUMMED}
-    per_group: dict[str, dict[str, float]] = defaultdict(lambda: {n: 0.0 for n in SUMMED})
-    measure = MEASURES[query.measure]
+    group_index = list(DIMENSIONS).index(query.group)
+    measure = SUMMED.index(MEASURES[query.measure])
+    requests_at, errors_at = SUMMED.index("requests"), SUMMED.index("errors")
+    totals = [0.0] * len(SUMMED)
+    per_group: dict[str, list[float]] = defaultdict(lambda: [0.0] * len(SUMMED))
     layer_values: dict[str, list[float]] = defaultdict(lambda: [0.0] * len(buckets))
     errors = [[0.0, 0.0] for _ in buckets]
-    for row in series_rows:
-        index = position.get(row["bucket"])
-        for name in SUMMED:
-            value = row[name] or 0
-            totals[name] += value
-            per_group[row["grp"]][name] += value
-        if index is None:
-            continue
-        layer_values[row["grp"]][index] += row[measure] or 0
-        errors[index][0] += row["errors"] or 0
-        errors[index][1] += row["requests"] or 0
+    hist_parts: dict[str, list[list[int]]] = defaultdict(list)
+    options: dict[str, set[str]] = {name: set() for name in DIMENSIONS}
+
+    for bucket, groups in bucket_list:
+        index = position.get(bucket)
+        for dims, sums, hist in groups:
+            # The filter menus list every value in the range, so they ignore the filters.
+            for name, value in zip(DIMENSIONS, dims):
+                options[name].add(value)
+            if not _matches(dims, query.filters):
+                continue
+            name = dims[group_index]
+            group_sums = per_group[name]
+            for i, value in enumerate(sums):
+                totals[i] += value
+                group_sums[i] += value
+            hist_parts[dims[0]].append(hist)
+            if index is not None:
+                layer_values[name][index] += sums[measure]
+                errors[index][0] += sums[errors_at]
+                errors[index][1] += sums[requests_at]
 
     ranked = sorted(per_group, key=lambda g: per_group[g][measure], reverse=True)
     shown, rest = ranked[:MAX_GROUPS], ranked[MAX_GROUPS:]
     series = {name: layer_values[name] for name in shown}
     if rest:
         series["(other)"] = [sum(layer_values[g][i] for g in rest) for i in range(len(buckets))]
-    breakdown = [{"name": name, **per_group[name]} for name in ranked]
+    breakdown = [{"name": name, **dict(zip(SUMMED, per_group[name]))} for name in ranked]
 
+    hists = {model: sum_hists(parts) for model, parts in hist_parts.items()}
     models = sorted(hists, key=lambda m: sum(hists[m]), reverse=True)[:12]
     latency = [(model, *_percentiles(hists[model], bounds)) for model in models]
-    combined = [sum(column) for column in zip(*hists.values())] if hists else []
-    p50, p95, p99 = _percentiles(combined, bounds) if combined else (None, None, None)
+    p50, p95, p99 = _percentiles(sum_hists(list(hists.values())), bounds)
 
     return Analytics(
-        totals=totals, buckets=buckets, series=series,
+        totals=dict(zip(SUMMED, totals)), buckets=buckets, series=series,
         errors_per_bucket=[(e, n) for e, n in errors], breakdown=breakdown,
         latency=latency, overall_latency={"p50": p50, "p95": p95, "p99": p99},
-        options=options, most_expensive=expensive, slowest=slowest,
+        options={name: sorted(values) for name, values in options.items()},
+        most_expensive=expensive, slowest=slowest,
     )

@@ -316,3 +316,64 @@ def test_loopback_hosts_and_secret_metadata() -> None:
     assert is_loopback("localhost")
     assert not is_loopback("0.0.0.0")
     assert "s3cret" not in json.dumps(build_metadata("s3cret"))
+
+
+def _seconds(shown: str) -> float:
+    number, unit = shown.split()
+    return float(number.replace(",", "")) / (1000 if unit == "ms" else 1)
+
+
+async def test_p95_close_to_exact(ds: Datasette, log_path: Path) -> None:
+    from datasette_plugins.time_range import parse_range
+
+    time_range = parse_range({"range": "30d"})
+    conn = sqlite3.connect(log_path)
+    durations = [d for (d,) in conn.execute(
+        "SELECT duration_ms FROM requests WHERE started_ms >= ? AND started_ms < ? ORDER BY duration_ms",
+        (time_range.start_ms, time_range.end_ms))]
+    conn.close()
+    exact = durations[int(0.95 * len(durations)) - 1] / 1000
+    response = await ds.client.get("/-/meterway?range=30d")
+    shown = _seconds(_shown_total(response.text, "p95 latency"))
+    # Histogram buckets are about 10% wide, so the estimate lands within that of the exact value.
+    assert abs(shown - exact) / exact < 0.12
+
+
+async def test_bucket_cache_matches_direct_sum(ds: Datasette) -> None:
+    from datasette_plugins import range_cache
+
+    db = ds.get_database("meterway")
+    end = (int(time.time() * 1000) // HOUR_MS + 1) * HOUR_MS
+    start = end - 30 * 24 * HOUR_MS - 5 * HOUR_MS
+    day = 24 * HOUR_MS
+    buckets = list(range(start // day * day, end, day))
+    future = end + 10 * day
+    range_cache._cache.clear()
+
+    def totals(groups: list) -> dict:
+        found: dict = {}
+        for dims, sums, hist in groups:
+            old_sums, old_hist = found.get(dims, ([0] * len(sums), []))
+            found[dims] = ([round(a + b, 9) for a, b in zip(old_sums, sums)],
+                           range_cache.sum_hists([old_hist, hist]))
+        return found
+
+    direct = totals(await range_cache.read_groups(db, start, end))
+    first = await range_cache.bucket_groups(db, start, end, buckets, day, now_ms=future)
+    assert len(range_cache._cache) == len(buckets)
+    second = await range_cache.bucket_groups(db, start, end, buckets, day, now_ms=future)
+    assert totals([g for _, groups in first for g in groups]) == direct
+    assert totals([g for _, groups in second for g in groups]) == direct
+    assert first[0][0] == buckets[0]
+    range_cache._cache.clear()
+
+
+async def test_warmup_fills_cache(ds: Datasette) -> None:
+    from datasette_plugins import range_cache, warmup
+
+    range_cache._cache.clear()
+    await warmup.warm(ds.get_database("meterway"))
+    kinds = {key[0] for key in range_cache._cache}
+    assert kinds == {"groups", "top"}
+    assert len(range_cache._cache) > 30
+    range_cache._cache.clear()

@@ -1,0 +1,63 @@
+"""Fill the Analytics cache in the background when Datasette starts.
+
+The first 30-day view of a large log otherwise reads a month of `rollup_hour` and
+`requests`, which takes several seconds on a small machine. Warming computes the 24 h, 7 d
+and 30 d presets for viewers at UTC+00:00; other offsets use other bucket edges and are
+cached on their first view.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from datasette import hookimpl
+from datasette.database import Database
+
+from .analytics_data import Query, load_analytics
+from .log_database import has_log_table, log_database
+from .time_range import parse_range
+
+logger = logging.getLogger(__name__)
+
+WARM_PRESETS = ("30d", "7d", "24h")
+# Logs with fewer summary rows than this answer quickly from a cold cache.
+WARM_MIN_ROWS = 50_000
+
+
+async def warm(db: Database) -> None:
+    """Compute the unfiltered presets once, so their buckets land in the cache."""
+    started = time.monotonic()
+    for preset in WARM_PRESETS:
+        await load_analytics(db, Query(parse_range({"range": preset, "tz": "0"})))
+    logger.info("analytics cache warmed for %s in %.1f s", ", ".join(WARM_PRESETS),
+                time.monotonic() - started)
+
+
+def _report(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning("warming the analytics cache failed: %s", task.exception())
+
+
+@hookimpl
+def startup(datasette: Any) -> Any:
+    """Start warming the cache in the background, unless the log is small or it is off.
+
+    Plugin config `{"plugins": {"meterway": {"warm_cache": false}}}` turns warming off.
+    """
+
+    async def start() -> None:
+        if (datasette.plugin_config("meterway") or {}).get("warm_cache") is False:
+            return
+        db = log_database(datasette)
+        if db is None or not has_log_table(db) or not await db.table_exists("rollup_hour"):
+            return
+        size = (await db.execute("SELECT max(rowid) FROM rollup_hour")).first()[0] or 0
+        if size < WARM_MIN_ROWS:
+            return
+        task = asyncio.get_running_loop().create_task(warm(db))
+        task.add_done_callback(_report)
+
+    return start
