@@ -34,6 +34,20 @@ def _start_ui(config: str, host: str, port: int) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "meterway", "ui", config, "--host", host, "--port", str(port)])
 
 
+def _start_router(router_config: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "meterway.router", "--config", router_config])
+
+
+def _stop(process: subprocess.Popen | None) -> None:
+    if process is None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
 def _run(args: argparse.Namespace) -> int:
     from addons.config_load import ConfigError, load_config
     from meterway.master import serve
@@ -45,14 +59,15 @@ def _run(args: argparse.Namespace) -> int:
         for problem in err.problems:
             print(f"error: {problem}", file=sys.stderr)
         return 2
+    # The router starts first, so the gateway's first requests find it listening.
+    router = _start_router(args.router) if args.router else None
     ui = _start_ui(str(config), args.ui_host, args.ui_port) if args.ui else None
     try:
         return asyncio.run(serve(config, upstreams=args.upstream, listen_host=args.listen_host,
                                  trusted_ca=args.trusted_ca))
     finally:
-        if ui is not None:
-            ui.terminate()
-            ui.wait(timeout=10)
+        _stop(ui)
+        _stop(router)
 
 
 def _ui(args: argparse.Namespace) -> int:
@@ -69,11 +84,9 @@ def _ui(args: argparse.Namespace) -> int:
 
 
 def _log_path(args: argparse.Namespace) -> Path:
-    from addons.config_load import load_config
+    from meterway.flows import log_path_of
 
-    if args.db:
-        return Path(args.db)
-    return load_config(Path(args.config or DEFAULT_CONFIG)).database_path()
+    return Path(args.db) if args.db else log_path_of(Path(args.config or DEFAULT_CONFIG))
 
 
 def _flow(args: argparse.Namespace) -> int:
@@ -139,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Address the listeners bind to (default: the config's, else 127.0.0.1).")
     run.add_argument("--trusted-ca", default=None, help="PEM file of CA certificates to trust for upstream TLS.")
     run.add_argument("--ui", action="store_true", help="Also start the Datasette UI on the request log.")
+    run.add_argument("--router", metavar="ROUTER_CONFIG", default=None,
+                     help="Also start the built-in semantic router with this config (see configs/router.yaml).")
     run.add_argument("--ui-host", default="127.0.0.1", help="Address of the UI (default 127.0.0.1).")
     run.add_argument("--ui-port", type=int, default=15000, help="Port of the UI (default 15000).")
     run.set_defaults(func=_run)
