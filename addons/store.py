@@ -168,6 +168,12 @@ class RequestStore:
         with self._lock:
             return StoreStats(self._written, self._dropped, self._failed, self._queue.qsize())
 
+    @property
+    def running(self) -> bool:
+        """Return True while the writer thread is alive and accepting rows."""
+        thread = self._thread
+        return thread is not None and thread.is_alive() and not self._closed
+
     def start(self) -> None:
         """Open the database (creating or migrating it) and start the writer thread.
 

@@ -29,6 +29,7 @@ from addons.store import (
 from addons.store_rollup import DIMENSIONS, SUM_COLUMNS, RollupBatch
 from addons.store_schema import REQUEST_COLUMNS, SCHEMA_VERSION, ensure_schema
 from addons.store_write import prepare, write_batch
+from bench import gen_requests
 from bench.gen_requests import TrafficGenerator, make_timestamps
 
 BASE_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -384,6 +385,24 @@ def test_generator_rollup_equals_writer(tmp_path: Path) -> None:
     assert assert_rollup_matches_requests(bulk_path) == len(from_bulk)
 
 
+def test_generator_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "synthetic.db"
+    assert gen_requests.main([str(path), "--rows", "3000", "--days", "2", "--payload-fraction", "0.5"]) == 0
+    assert "rows/s" in capsys.readouterr().out
+    with sqlite3.connect(path) as conn:
+        outcomes = dict(conn.execute("SELECT outcome, count(*) FROM requests GROUP BY outcome").fetchall())
+        payloads = conn.execute("SELECT count(*) FROM payloads").fetchone()[0]
+        searchable = conn.execute("SELECT count(*) FROM requests_fts WHERE requests_fts MATCH 'python'").fetchone()[0]
+        span_ms = conn.execute("SELECT max(started_ms) - min(started_ms) FROM requests").fetchone()[0]
+    assert sum(outcomes.values()) == 3000
+    assert set(outcomes) == {"ok", "upstream_error", "gateway_error", "upstream_unreachable", "timeout",
+                             "client_disconnected", "router_response"}
+    assert 1000 < payloads < 2000
+    assert searchable > 0
+    assert 24 * 3_600_000 < span_ms <= 2 * 86_400_000
+    assert_rollup_matches_requests(path)
+
+
 @pytest.mark.parametrize("q", [0.5, 0.9, 0.95, 0.99])
 def test_percentile_from_hist_close_to_exact(q: float) -> None:
     rng = random.Random(99)
@@ -545,12 +564,12 @@ def test_two_processes_lose_no_row(db_path: Path) -> None:
 
 def test_writer_rate(db_path: Path) -> None:
     store = RequestStore(db_path, queue_max=50_000)
-    rows = [make_row(i) for i in range(20_000)]
+    rows = [make_row(i) for i in range(10_000)]
     store.start()
     began = time.perf_counter()
     for row in rows:
         store.submit(row)
     store.stop(timeout=60.0)
     elapsed = time.perf_counter() - began
-    assert store.stats.written == 20_000
-    print(f"\nrequest log writer: {20_000 / elapsed:,.0f} rows/s (20,000 rows, no payloads)")
+    assert store.stats.written == 10_000
+    print(f"\nrequest log writer: {10_000 / elapsed:,.0f} rows/s (10,000 rows, no payloads)")
