@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,37 @@ class StoredFlow:
 
     request_id: str
     blob: bytes
+
+
+class _EnvironWithPlaceholders(Mapping[str, str]):
+    """The process environment, where every unset variable reads as a placeholder."""
+
+    def __getitem__(self, name: str) -> str:
+        return os.environ.get(name, "unset")
+
+    def __contains__(self, name: object) -> bool:
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(os.environ)
+
+    def __len__(self) -> int:
+        return len(os.environ)
+
+
+def log_path_of(config_path: Path) -> Path:
+    """Find the request log of a gateway config without needing its keys.
+
+    Exporting flows needs only `config.database.url`, so backend keys given as `$VAR` need
+    not be set. NOTE: a database URL that itself uses an unset variable resolves to a wrong
+    path, which `open_log` then reports as not found.
+    """
+    from addons.config_load import load_config
+
+    path = load_config(config_path, environ=_EnvironWithPlaceholders()).database_path()
+    if path is None:
+        raise FlowExportError(f"config {config_path} names no request log; pass --db PATH")
+    return path
 
 
 def open_log(db_path: Path) -> sqlite3.Connection:

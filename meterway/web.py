@@ -28,6 +28,7 @@ from mitmproxy import ctx, http, options
 from mitmproxy.tools.web.master import WebMaster
 
 from addons.gateway import make_addons
+from addons.readiness import Readiness
 from meterway.flows import FlowExportError, decode_flows, select_flows
 
 logger = logging.getLogger(__name__)
@@ -70,9 +71,15 @@ class WebUrlNotice:
 class GatewayWebMaster(WebMaster):
     """mitmweb's master with the gateway's addons and the loader of logged requests."""
 
-    def __init__(self, opts: options.Options, flows: Sequence[http.HTTPFlow], notice: WebUrlNotice) -> None:
+    def __init__(self, opts: options.Options, flows: Sequence[http.HTTPFlow], notice: WebUrlNotice, *,
+                 replay_only: bool = False) -> None:
         super().__init__(opts, with_termlog=True)
-        self.addons.add(*make_addons())
+        gateway_addons = make_addons()
+        if replay_only:
+            # Beside a running gateway the readiness port is taken, and mitmweb exits on the
+            # error that logs; a UI without listeners has no readiness to report anyway.
+            gateway_addons = [addon for addon in gateway_addons if not isinstance(addon, Readiness)]
+        self.addons.add(*gateway_addons)
         self.addons.add(OpenLoggedFlows(flows), notice)
 
 
@@ -182,7 +189,7 @@ async def serve_web(config_path: Path, *, open_ids: Sequence[str] = (), web_host
     host_part = f"[{web_host}]" if ":" in web_host else web_host
     notice = WebUrlNotice(f"http://{host_part}:{port}/?token={token}", token_file)
     opts = options.Options()
-    web_master = GatewayWebMaster(opts, flows, notice)
+    web_master = GatewayWebMaster(opts, flows, notice, replay_only=replay_only)
     settings = {
         "mode": modes,
         "connection_strategy": "lazy",
