@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from mitmproxy import ctx, exceptions
 
 from addons.config_load import ConfigError, load_config
+from addons.reload import ConfigWatcher
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,9 @@ class Config:
         self.llm_keys: dict[str, str] = {}
         self._running = False
         self._reload_callbacks: list[Any] = []
+        self._watcher: ConfigWatcher | None = None
+        # Counts successful reloads after the first load, for tests and the readiness page.
+        self.reloads = 0
 
     def load(self, loader: Any) -> None:
         loader.add_option(
@@ -106,16 +110,48 @@ class Config:
             raise exceptions.OptionsError(
                 f"cannot read the gateway config {path}: {err.strerror}; check the path"
             ) from None
+        self._install(gateway, path)
+        # The proxy only connects upstream after the router has chosen where to go.
+        ctx.options.update(connection_strategy="lazy")
+
+    def _install(self, gateway: Any, path: Path) -> None:
+        """Make a validated config the one in force and tell the other addons about it."""
+        listeners = self._listeners_of(gateway)
         self.gateway = gateway
-        self.listeners = self._listeners_of(gateway)
+        self.listeners = listeners
         self.llm_keys = self._llm_keys_of(gateway)
         self.secrets = frozenset(gateway.secret_values) | frozenset(self.llm_keys.values())
         logger.info("loaded gateway config %s: listeners on ports %s", path,
                     ", ".join(str(p) for p in sorted(self.listeners)))
-        # The proxy only connects upstream after the router has chosen where to go.
-        ctx.options.update(connection_strategy="lazy")
         for callback in self._reload_callbacks:
             callback(gateway)
+
+    def reload(self) -> bool:
+        """Load the config file again and put it in force; return False when it was rejected.
+
+        A file that fails to load leaves the previous config in force and logs every problem,
+        so a half-finished edit never takes the gateway down.
+        """
+        path = Path(ctx.options.meterway_config)
+        try:
+            gateway = load_config(path)
+            self._listeners_of(gateway)
+        except ConfigError as err:
+            logger.error("config %s not reloaded, %d problem(s); the previous config stays in force:\n%s",
+                         path, len(err.problems), "\n".join(f"  {problem}" for problem in err.problems))
+            return False
+        except exceptions.OptionsError as err:
+            logger.error("config %s not reloaded; the previous config stays in force: %s", path, err)
+            return False
+        except OSError as err:
+            logger.error("config %s not reloaded: cannot read it (%s); the previous config stays in force",
+                         path, err.strerror)
+            return False
+        self._install(gateway, path)
+        self.reloads += 1
+        if self._running:
+            self.apply_listeners()
+        return True
 
     @staticmethod
     def _listeners_of(gateway: Any) -> dict[int, Listener]:
@@ -179,6 +215,14 @@ class Config:
                 "no gateway config: pass --set meterway_config=PATH (or use `meterway run PATH`)"
             )
         self.apply_listeners()
+        if self._watcher is None and ctx.options.meterway_config:
+            self._watcher = ConfigWatcher(Path(ctx.options.meterway_config), self.reload)
+            self._watcher.start()
+
+    def done(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
 
     def listener_for(self, port: int | None) -> Listener | None:
         """Return the listener a flow arrived on, by the local port."""
