@@ -70,9 +70,15 @@ async def serve(config_path: Path, *, upstreams: Sequence[str] = (), listen_host
     settings.update(extra_options or {})
     opts.update(**settings)
 
+    # The terminal log shows info and above, but only what reaches it: without this the root
+    # logger's default (warning) would hide the gateway's starts, stops and reloads.
+    logging.getLogger().setLevel(logging.DEBUG)
+    for noisy in ("asyncio", "hpack", "grpc"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     # One line per client connection drowns the gateway's own messages.
     logging.getLogger("mitmproxy.proxy.server").setLevel(logging.WARNING)
     loop = asyncio.get_running_loop()
+    # Until the drain addon takes these over in `running`, a signal stops at once.
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, gateway_master.shutdown)
     await gateway_master.run()
