@@ -90,6 +90,17 @@ class ExtProcClient:
         self._stub = pb_grpc.ExternalProcessorStub(self._channel)
         logger.info("ext_proc client for %s started (failureMode %s)", self.target, self.failure_mode)
 
+    def channel_state(self) -> str:
+        """Return the channel's connectivity state name (`READY`, `IDLE`, `CONNECTING`, ...).
+
+        A channel that is not `READY` is also asked to connect, so a readiness probe that
+        polls this brings an idle channel up without waiting for a request.
+        """
+        if self._channel is None:
+            return "CLOSED"
+        state = self._channel.get_state(try_to_connect=True)
+        return state.name
+
     async def close(self) -> None:
         """Close the channel, cancelling streams that are still open."""
         if self._channel is not None:
