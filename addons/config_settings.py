@@ -53,11 +53,12 @@ class ProxyConfig(ConfigModel):
     service_account: str | None = None
     cluster_id: str | None = None
     network: str | None = None
-    # Accepted for compatibility; meterway serves no admin or readiness endpoint.
+    # Accepted for compatibility; meterway serves no admin endpoint.
     admin_addr: str | None = None
     # Where `/metrics` is served: HOST:PORT or `off`; unset is 127.0.0.1:15020.
     stats_addr: Annotated[str | None, BeforeValidator(stats_addr_text)] = None
-    readiness_addr: str | None = None
+    # Where `GET /healthz/ready` is served: HOST:PORT or `off`; unset is 127.0.0.1:15021.
+    readiness_addr: Annotated[str | None, BeforeValidator(stats_addr_text)] = None
     session: Opaque | None = None
     mcp: Opaque | None = None
     connection_termination_deadline: str | None = None
@@ -193,5 +194,8 @@ class MeterwaySettings(ConfigModel):
     retention: MeterwayRetention = Field(default_factory=MeterwayRetention)
     # Address the listeners bind to.
     listen_address: str = "127.0.0.1"
+    # Seconds to wait for an upstream's response headers before answering 504. A stream's
+    # length is not bounded by it, only the wait for it to start.
+    upstream_timeout: float = Field(default=300.0, gt=0)
     # Seconds that requests in flight may take to finish after SIGTERM or Ctrl-C.
     drain_timeout: float = Field(default=10.0, ge=0)

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from addons.config_model import Gateway, Listener, Route, TopPolicy
 from addons.config_monitoring import TracingConfig, Webhook, parse_stats_addr
 from addons.config_policies import ApiKeyEntry, BackendAuth, BackendKey, LlmPolicies
+from addons.readiness import parse_readiness_addr
 from addons.config_settings import FrontendHttp, LlmModel, LlmParams, ProxyConfig
 
 ConfigPath = tuple[str | int, ...]
@@ -213,6 +214,11 @@ def _value_problems(model: BaseModel, key: str, value: Any, path: ConfigPath) ->
     if isinstance(model, ProxyConfig) and key == "statsAddr":
         try:
             parse_stats_addr(value)
+        except ValueError as error:
+            return [(path, str(error))]
+    if isinstance(model, ProxyConfig) and key == "readinessAddr":
+        try:
+            parse_readiness_addr(value)
         except ValueError as error:
             return [(path, str(error))]
     if isinstance(model, ProxyConfig) and key == "database":

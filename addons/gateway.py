@@ -22,8 +22,10 @@ from addons.alerts import Alerts
 from addons.auth import Auth
 from addons.config import Config
 from addons.costlog import CostLog
+from addons.drain import Drain
 from addons.errors import install_json_error_pages
 from addons.metrics import Metrics
+from addons.readiness import Readiness
 from addons.router import Router
 from addons.tracing import Tracing
 
@@ -32,7 +34,8 @@ def make_addons() -> list[object]:
     """Create the gateway's addons in the order their hooks must run.
 
     Tracing follows the router because its span starts from the record the router creates,
-    and its `request` hook marks the end of the router call.
+    and its `request` hook marks the end of the router call. Drain comes last so that a
+    finished flow's row is queued before the drain may end the process.
     """
     install_json_error_pages()
     config = Config()
@@ -42,7 +45,9 @@ def make_addons() -> list[object]:
     tracing = Tracing(config)
     alerts = Alerts(config)
     costlog.observers += [metrics.observe, tracing.observe, alerts.observe]
-    return [config, router, tracing, Auth(config, router), costlog, metrics, alerts]
+    drain = Drain(config)
+    readiness = Readiness(config, router, costlog, drain)
+    return [config, router, tracing, Auth(config, router), costlog, metrics, alerts, drain, readiness]
 
 
 addons = make_addons()
