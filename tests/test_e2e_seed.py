@@ -244,6 +244,39 @@ def test_vllm_mode_rewrites_the_model(seed: SeedStack) -> None:
     assert seed.row(gpt_id)["router_model"] == "gpt-4o"
 
 
+def _without_usage_event(stream: bytes) -> bytes:
+    """Drop the usage-only event (`"choices": []`) from an OpenAI SSE byte stream."""
+    kept = []
+    for block in stream.split(b"\n\n"):
+        data = block[len(b"data: "):] if block.startswith(b"data: ") else b""
+        if data.startswith(b"{"):
+            event = json.loads(data)
+            if event.get("choices") == [] and event.get("usage"):
+                continue
+        kept.append(block)
+    return b"\n\n".join(kept)
+
+
+def test_answers_pass_byte_for_byte(seed: SeedStack) -> None:
+    import httpx
+
+    body = {"model": "MoM", "messages": [{"role": "user", "content": "python code"}]}
+    seed.reset()
+    plain = httpx.post("http://127.0.0.1:3000/v1/chat/completions", json=body, timeout=10)
+    assert plain.content == seed.ollama.sent[0]
+
+    for options, changed in ((None, True), ({"include_usage": True}, False)):
+        seed.reset()
+        streamed = {**body, "stream": True, **({"stream_options": options} if options else {})}
+        with httpx.stream("POST", "http://127.0.0.1:3000/v1/chat/completions", json=streamed,
+                          timeout=10) as response:
+            received = b"".join(response.iter_raw())
+        sent = seed.ollama.sent[0]
+        # The gateway removes only the usage event it asked for itself.
+        assert received == (_without_usage_event(sent) if changed else sent)
+        assert (b'"choices": []' in received) != changed
+
+
 def test_no_key_in_any_written_file(seed: SeedStack) -> None:
     """Run last: search everything the gateway wrote for the canary keys."""
     seed.gateway.stop()

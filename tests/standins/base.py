@@ -86,6 +86,9 @@ class StandIn(ServerLifecycle):
         self._initial_key = require_key
         self._initial_gzip = gzip
         self.received: list[ReceivedRequest] = []
+        # The body bytes of each answer the handlers returned (not error or auth replies).
+        self.sent: list[bytes] = []
+        self._stream_bytes: dict[int, bytearray] = {}
         self.disconnects = 0
         self._set_knobs()
         self.port: int | None = None
@@ -114,6 +117,7 @@ class StandIn(ServerLifecycle):
         Session-scoped fixtures call this before each test, so no setting leaks between tests.
         """
         self.received.clear()
+        self.sent.clear()
         self.disconnects = 0
         self._set_knobs()
 
@@ -151,13 +155,23 @@ class StandIn(ServerLifecycle):
             return self.error_response(request, *error)
 
         try:
-            return await handler(request)
+            response = await handler(request)
+            self._record_sent(response)
+            return response
         except ClientGone:
             # The stream was already started: hand back that response so aiohttp just
             # closes the connection instead of logging an unhandled error.
             self.disconnects += 1
             logger.info("%s stand-in: client left during %s", self.provider, request.path)
             return request[STREAM]
+
+    def _record_sent(self, response: web.StreamResponse) -> None:
+        """Keep the body bytes of each answer, in arrival order of the requests."""
+        if isinstance(response, web.Response):
+            body = response.body
+            self.sent.append(bytes(body) if isinstance(body, (bytes, bytearray)) else b"")
+        else:
+            self.sent.append(bytes(self._stream_bytes.pop(id(response), b"")))
 
     async def _unknown_path(self, request: web.Request) -> web.Response:
         message = f"{self.provider} stand-in serves no {request.method} {request.path}"
@@ -268,6 +282,7 @@ class StandIn(ServerLifecycle):
         )
         await response.prepare(request)
         request[STREAM] = response
+        self._stream_bytes[id(response)] = bytearray()
         return response
 
     async def write_event(self, response: web.StreamResponse, data: bytes, delay: bool = True) -> None:
@@ -276,6 +291,7 @@ class StandIn(ServerLifecycle):
             await asyncio.sleep(self.delay_per_chunk)
         try:
             await response.write(data)
+            self._stream_bytes.setdefault(id(response), bytearray()).extend(data)
         except (ConnectionResetError, ConnectionError) as error:
             raise ClientGone(str(error)) from error
 
