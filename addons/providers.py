@@ -1,4 +1,4 @@
-"""Where each AI provider lives and how a request reaches it.
+"""The AI providers: their hosts and how a request reaches each.
 
 The defaults follow agentgateway v1.3's providers: the host, the API path a client path maps
 to, how the backend key is sent, and the provider id that the model catalog and the request

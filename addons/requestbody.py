@@ -86,7 +86,7 @@ def wants_stream(api: str, path: str, body: dict[str, Any] | None) -> bool:
     if body is None:
         return False
     if api == "ollama_chat":
-        return body.get("stream", True) is not False  # Ollama streams unless told not to
+        return body.get("stream", True) is not False  # Ollama streams unless the body sets "stream": false
     return body.get("stream") is True
 
 

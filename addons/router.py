@@ -1,8 +1,8 @@
 """The router addon: picks each request's route, backend and model, and sends it there.
 
 Per request, in agentgateway's order: the gateway's `extProc` policy (the semantic router)
-sees the headers and buffered body and may change them or answer itself; then the best route
-for the resulting request is chosen, `modelAliases` rewrite the model, and the upstream is set
+receives the headers and buffered body, and may change them or send a response itself. Then
+the best route for the resulting request is chosen, `modelAliases` rewrite the model, and the upstream is set
 from the backend's provider. Everything decided goes into the flow record for costlog.
 """
 
@@ -19,7 +19,7 @@ from mitmproxy import http
 
 from addons import record as flowrecord
 from addons.config import Config
-from addons.errors import error_response
+from addons.errors import error_response, note_failed_flow
 from addons.extproc_gateway import RouterCalls
 from addons.anthropic_translate import TranslationError, chat_to_messages
 from addons.apiroutes import api_for, gemini_model_from_path
@@ -28,13 +28,14 @@ from addons.requestbody import (
     BadRequest, classify_api, client_asked_for_usage, parse_json_body, wants_stream, write_json_body,
 )
 from addons.routing import RequestFacts, apply_model_alias, route_name, select_route
+from addons.upstream_timeout import UpstreamDeadline
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class BackendChoice:
-    """What auth needs to know about the chosen backend: its provider, key and key header."""
+    """The chosen backend as auth needs it: provider, key and the header that carries the key."""
 
     provider: Provider
     key: str | None
@@ -50,6 +51,7 @@ class Router:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.calls = RouterCalls()
+        self.deadline = UpstreamDeadline()
         self._choices: weakref.WeakKeyDictionary[http.HTTPFlow, BackendChoice] = weakref.WeakKeyDictionary()
         config.on_reload(self.calls.reconfigure)
 
@@ -131,6 +133,8 @@ class Router:
             self._route_bind(flow, rec, listener, body, usage_asked)
         else:
             self._route_llm(flow, rec, body, usage_asked)
+        if flow.response is None and rec.get("upstream"):
+            self.deadline.arm(flow, rec, self.config.gateway.meterway.upstream_timeout)
 
     def _route_bind(self, flow: http.HTTPFlow, rec: dict[str, Any], listener: Any,
                     body: dict[str, Any] | None, usage_asked: bool) -> None:
@@ -271,14 +275,21 @@ class Router:
         flow.response = http.Response.make(200, json.dumps(payload).encode(), {"content-type": "application/json"})
 
     async def responseheaders(self, flow: http.HTTPFlow) -> None:
+        self.deadline.disarm(flow)
         rec = flowrecord.get(flow)
         if rec is not None and flow.live:
             await self.calls.after_response_headers(flow, rec)
 
     async def response(self, flow: http.HTTPFlow) -> None:
+        self.deadline.disarm(flow)
         await self.calls.finish(flow)
 
     async def error(self, flow: http.HTTPFlow) -> None:
+        self.deadline.disarm(flow)
+        rec = flowrecord.get(flow)
+        if rec is not None:
+            # Before any await: the error page mitmproxy writes next reads it in this task.
+            note_failed_flow(rec)
         await self.calls.finish(flow)
 
 
