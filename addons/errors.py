@@ -5,10 +5,17 @@ replace it. `install_json_error_pages()` swaps the HTTP/1 error-response functio
 mitmproxy 12.3 for one that writes an OpenAI-style JSON error; the gateway checks the
 function's signature at start so a mitmproxy upgrade fails loudly instead of silently
 serving HTML. HTTP/2 clients still get mitmproxy's own error page.
+
+mitmproxy passes the page function only a status and its own message. The gateway's error
+hook calls `note_failed_flow(record)` first, and the page reads that record: mitmproxy 12.3
+runs a flow's error hook and then writes the error page in the same asyncio task, so a
+context variable carries the record from one to the other without leaking to other flows.
+That is how a flow the gateway timed out gets a 504 with the gateway's own message.
 """
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import json
 import logging
@@ -65,17 +72,49 @@ def error_response(status: int, message: str, *, code: str | None = None, param:
     return response
 
 
+# The record of the flow whose error hook ran last in the current asyncio task.
+_failed_flow: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "meterway_failed_flow", default=None)
+
+_TLS_WORDS = ("tls", "ssl", "certificate", "handshake")
+_PROTOCOL_WORDS = ("protocol error", "cannot parse", "server closed connection", "unexpected server response")
+
+
+def note_failed_flow(record: dict[str, Any]) -> None:
+    """Remember a failing flow's record for the error page mitmproxy writes next, from an error hook."""
+    _failed_flow.set(record)
+
+
+def _upstream_hint(message: str) -> tuple[str, str]:
+    """Return the fix to suggest and the error code for one of mitmproxy's upstream errors."""
+    lowered = message.lower()
+    if any(word in lowered for word in _TLS_WORDS):
+        return (" The TLS connection to the backend failed: check that it serves HTTPS, and trust its CA "
+                "with `meterway run --trusted-ca PEM` (mitmproxy option ssl_verify_upstream_trusted_ca) "
+                "if it uses a private one.", "upstream_tls_error")
+    if any(word in lowered for word in _PROTOCOL_WORDS):
+        return (" The backend was reached but sent an invalid or incomplete HTTP response; check the "
+                "backend's logs.", "upstream_protocol_error")
+    return " Check that the backend is running and reachable, or fix its hostOverride.", "upstream_unreachable"
+
+
 def _json_error_page(status_code: int, message: str = "") -> bytes:
     from mitmproxy.net.http import http1
 
     text = message or "the gateway could not complete the request"
     hint = ""
-    if status_code == 502:
-        hint = " Check that the backend is running and reachable, or fix its hostOverride."
+    code = None
+    record = _failed_flow.get()
+    _failed_flow.set(None)
+    if record is not None and record.get("outcome") == "timeout" and record.get("error"):
+        status_code, text, code = 504, record["error"], "upstream_timeout"
+    elif status_code == 502:
+        hint, code = _upstream_hint(text)
+        if record is not None and record.get("upstream"):
+            text = f"{text} (upstream {record['upstream']})"
     response = http.Response.make(
         status_code,
-        error_body(status_code, f"{text}.{hint}".replace("..", "."), code="upstream_unreachable"
-                   if status_code == 502 else None),
+        error_body(status_code, f"{text}.{hint}".replace("..", "."), code=code),
         http.Headers(
             server=f"meterway (mitmproxy {version.VERSION})",
             connection="close",
