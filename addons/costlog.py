@@ -219,16 +219,22 @@ class CostLog:
     def _status(self, flow: http.HTTPFlow, rec: dict[str, Any], row: dict[str, Any]) -> None:
         response = flow.response
         error = flow.error
+        disconnected = error is not None and "client disconnected" in error.msg.lower()
         row["status"] = response.status_code if response is not None else None
+        if error is not None and not (response is not None and response.stream):
+            # A buffered response that failed was never sent: the client got mitmproxy's
+            # error page instead (504 for the gateway's own timeout), or nothing at all.
+            row["status"] = None if disconnected else 504 if rec.get("outcome") == "timeout" else 502
         if rec.get("outcome"):
             row["outcome"] = rec["outcome"]
-        elif error is not None and "client disconnected" in error.msg.lower():
+        elif disconnected:
             row["outcome"] = "client_disconnected"
-        elif error is not None and response is None:
-            row["outcome"] = "timeout" if "timed out" in error.msg.lower() or "timeout" in error.msg.lower() \
-                else "upstream_unreachable"
-            row["status"] = 502
+        elif error is not None and ("timed out" in error.msg.lower() or "timeout" in error.msg.lower()):
+            row["outcome"] = "timeout"
+        elif error is not None and not _upstream_connected(flow):
+            row["outcome"] = "upstream_unreachable"
         elif error is not None:
+            # The upstream was reached but its answer broke: reset, truncated or not HTTP.
             row["outcome"] = "upstream_error"
         elif response is not None and response.status_code >= 400:
             row["outcome"] = "upstream_error"
@@ -260,6 +266,14 @@ class CostLog:
         for field in ("cost_usd", "cost_input_usd", "cost_output_usd", "cost_cache_read_usd",
                       "cost_cache_write_usd", "cost_status", "price_source"):
             row[field] = getattr(cost, field)
+
+
+def _upstream_connected(flow: http.HTTPFlow) -> bool:
+    """Tell whether the flow's server connection was set up, TLS included for HTTPS."""
+    server = flow.server_conn
+    if server is None or server.timestamp_tcp_setup is None:
+        return False
+    return flow.request.scheme != "https" or server.timestamp_tls_setup is not None
 
 
 def _json(data: bytes | None) -> Any | None:
