@@ -198,8 +198,5 @@ class MeterwaySettings(ConfigModel):
     # length is not bounded by it, only the wait for it to start. Five minutes by default,
     # because a long reasoning answer that is not streamed starts only when it is complete.
     upstream_timeout: float = Field(default=300.0, gt=0)
-    # Seconds to wait for an upstream's response headers before answering 504. A stream's
-    # length is not bounded by it, only the wait for it to start.
-    upstream_timeout: float = Field(default=300.0, gt=0)
     # Seconds that requests in flight may take to finish after SIGTERM or Ctrl-C.
     drain_timeout: float = Field(default=10.0, ge=0)
