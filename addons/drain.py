@@ -73,8 +73,29 @@ class Drain:
             except TimeoutError:
                 logger.warning("drain timed out after %.1f s; %d request(s) still in flight are cut off",
                                limit, len(self.in_flight))
+        await self._close_client_connections()
         logger.info("drained in %.2f s; flushing the request log and exiting", time.monotonic() - started)
         ctx.master.shutdown()
+
+    @staticmethod
+    async def _close_client_connections(wait: float = 1.0) -> None:
+        """Close the clients' idle keep-alive connections and let their handlers end.
+
+        Otherwise asyncio cancels those handler tasks when the loop closes, and Python 3.12's
+        stream callback logs each one as "Exception in callback ... CancelledError".
+        """
+        proxyserver = ctx.master.addons.get("proxyserver")
+        if proxyserver is None:
+            return
+        for handler in list(proxyserver.connections.values()):
+            # NOTE: `transports` is mitmproxy's internal map of connection to reader/writer
+            # (12.x); without it the connections are left for asyncio to cancel.
+            io = getattr(handler, "transports", {}).get(handler.client)
+            if io is not None and io.writer is not None:
+                io.writer.close()
+        deadline = time.monotonic() + wait
+        while proxyserver.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
 
     @staticmethod
     async def _close_listeners() -> None:
