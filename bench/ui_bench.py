@@ -2,9 +2,9 @@
 
     python -m bench.ui_bench [--rows 1000000] [--days 30] [--db PATH] [--repeat 3]
 
-Builds the log with `bench.gen_requests` unless `--db` names an existing one, then requests
-the Analytics page through Datasette's in-process client for each preset and group-by and
-prints the time of the first request (empty cache) and the median of the next ones. Datasette's default limits stay in
+Builds the log with `bench.gen_requests` unless `--db` names an existing one. Then it
+requests the Analytics page through Datasette's in-process client for each preset and
+group-by. It prints the time of the first request (empty cache) and the median of the rest. Datasette's default limits stay in
 force (1 s per query), so a query that is too slow shows up as a 504, not as a long time.
 """
 

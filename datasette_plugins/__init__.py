@@ -1,7 +1,7 @@
 """meterway's Datasette plugins: Analytics, the Logs table, the request page and exports.
 
 Datasette loads this package through the `datasette` entry point in pyproject.toml. Each
-submodule holds one page or hook; this module registers them with Datasette's plugin
+submodule contains one page or hook, and this module registers them with Datasette's plugin
 manager, because the entry point registers only the package itself.
 """
 

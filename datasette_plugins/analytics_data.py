@@ -49,7 +49,7 @@ FROM requests WHERE started_ms >= :start AND started_ms < :end
 
 @dataclass
 class Query:
-    """What the page asks for: a range, a group-by, a measure and equality filters."""
+    """The page's request: a range, a group-by, a measure and equality filters."""
 
     time_range: TimeRange
     group: str = "model"
@@ -92,7 +92,7 @@ async def _raw_bucket_groups(db: Database, tr: TimeRange, size: int) -> list[tup
     """Build the same per-bucket groups as the summary cache, straight from `requests`."""
     columns = ", ".join(column for column, _ in DIMENSIONS.values())
     sums = ", ".join(f"sum({name})" for name in SUMMED)
-    # The bucket of a duration is the first one whose upper bound holds it, as in the writer.
+    # A duration goes in the first bucket whose upper bound is at least it, as in the writer.
     sql = (
         f"SELECT ((t + :offset_ms) / :bucket_ms) * :bucket_ms - :offset_ms AS bucket, {columns}, "
         "coalesce((SELECT min(idx) FROM latency_buckets WHERE upper_ms >= duration_ms), "

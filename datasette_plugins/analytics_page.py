@@ -19,7 +19,7 @@ from .formatting import (
     format_offset, format_percent,
 )
 from .log_database import has_log_table, log_database
-from .time_range import PRESETS, RangeError, TimeRange, parse_range
+from .time_range import DAY_MS, HOUR_MS, PRESETS, RangeError, TimeRange, parse_range
 
 if TYPE_CHECKING:  # datasette.app imports this package while it loads plugins
     from datasette.app import Datasette
@@ -46,9 +46,11 @@ def _query_from(args: dict[str, str]) -> tuple[Query | None, str | None]:
 
 
 def _bucket_label(time_range: TimeRange, bucket: int) -> str:
-    with_date = time_range.bucket_ms >= 6 * 3_600_000 or time_range.end_ms - time_range.start_ms > 86_400_000
+    # Times alone for ranges within a day, dates alone for daily buckets, both otherwise.
+    span = time_range.end_ms - time_range.start_ms
+    with_date = time_range.bucket_ms >= 6 * HOUR_MS or span > DAY_MS
     label = format_local_time(bucket, time_range.offset_minutes, with_date=with_date)
-    return label[:10] if time_range.bucket_ms >= 86_400_000 else label
+    return label[:10] if time_range.bucket_ms >= DAY_MS else label
 
 
 def _link(base: dict[str, str], **changes: str | None) -> str:
@@ -60,7 +62,8 @@ def _charts(data: Any, query: Query) -> dict[str, Any]:
     tr = query.time_range
     labels = [_bucket_label(tr, b) for b in data.buckets]
     fmt = MEASURE_FORMAT[query.measure]
-    layers = [svg_charts.Series(name or "(none)", values, svg_charts.colour_for(i, name))
+    status = query.group == "status"
+    layers = [svg_charts.Series(name or "(none)", values, svg_charts.colour_for(i, name, status))
               for i, (name, values) in enumerate(data.series.items())]
     column = MEASURES[query.measure]
     breakdown_rows = [
@@ -74,7 +77,7 @@ def _charts(data: Any, query: Query) -> dict[str, Any]:
                                            f"{MEASURE_LABELS[query.measure]} over time"),
         "legend": layers,
         "breakdown": svg_charts.horizontal_bars(
-            breakdown_rows, f"{MEASURE_LABELS[query.measure]} by {query.group}"),
+            breakdown_rows, f"{MEASURE_LABELS[query.measure]} by {query.group}", status),
         "latency": svg_charts.latency_ranges(data.latency, format_duration),
         "errors": svg_charts.error_rate_line(labels, rates),
     }

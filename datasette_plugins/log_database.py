@@ -1,4 +1,4 @@
-"""Find the database that holds the gateway's request log among those Datasette serves."""
+"""Find the database that contains the gateway's request log among those Datasette serves."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ if TYPE_CHECKING:  # datasette.app imports this package while it loads plugins
 
 LOG_TABLE = "requests"
 _RECHECK_SECONDS = 5.0
-# Database name -> (holds the log, when that was checked); a found log stays found.
+# Database name -> (contains the log, when that was checked). A found log stays found.
 _seen: dict[str, tuple[bool, float]] = {}
 
 
 def has_log_table(db: Database) -> bool:
-    """Tell whether a database has the `requests` table, caching the answer briefly.
+    """Tell whether a database has the `requests` table, caching the result briefly.
 
-    The answer is cached because metadata lookups call this many times per page, and
+    The result is cached because metadata lookups call this many times per page, and
     re-checked after a few seconds while it is False, because the gateway creates the
     table on its first start.
     """
@@ -45,7 +45,7 @@ def has_log_table(db: Database) -> bool:
 
 
 def log_database(datasette: Datasette) -> Database | None:
-    """Return the first served database that holds the log, else the first file database."""
+    """Return the first served database that contains the log, else the first file database."""
     candidates = [db for name, db in datasette.databases.items()
                   if not db.is_memory and name != "_internal"]
     for db in candidates:

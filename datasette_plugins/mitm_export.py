@@ -1,6 +1,6 @@
 """Export stored flows as `.mitm` files: one request's flow, or every row of a Logs view.
 
-`payloads.flow` holds each flow as written by mitmproxy's `FlowWriter`; such blobs simply
+`payloads.flow` contains each flow as written by mitmproxy's `FlowWriter`; such blobs simply
 concatenate into one valid `.mitm` file, which `mitmweb -r FILE` opens.
 """
 

@@ -21,6 +21,9 @@ PALETTE = (
     "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac",
 )
 OTHER_COLOUR = "#c9c9c9"
+# Status classes keep their usual meaning: green success, orange client error, red failure.
+STATUS_COLOURS = {"2xx": "#59a14f", "3xx": "#4e79a7", "4xx": "#f28e2b", "5xx": "#e15759",
+                  "1xx": "#76b7b2", "none": "#9c755f"}
 
 Formatter = Callable[[float], str]
 
@@ -34,10 +37,12 @@ class Series:
     colour: str
 
 
-def colour_for(index: int, name: str) -> str:
-    """Pick the palette colour for the index-th group, grey for the `other` group."""
+def colour_for(index: int, name: str, status: bool = False) -> str:
+    """Pick the colour of the index-th group: by class for statuses, grey for `(other)`."""
     if name == "(other)":
         return OTHER_COLOUR
+    if status and name in STATUS_COLOURS:
+        return STATUS_COLOURS[name]
     return PALETTE[index % len(PALETTE)]
 
 
@@ -119,7 +124,8 @@ def stacked_bars(labels: Sequence[str], series: Sequence[Series], fmt: Formatter
     return _svg(width, height, body, label)
 
 
-def horizontal_bars(rows: Sequence[tuple[str, float, str]], label: str) -> Markup:
+def horizontal_bars(rows: Sequence[tuple[str, float, str]], label: str,
+                    status: bool = False) -> Markup:
     """Draw one horizontal bar per (name, value, shown value) row, longest first as given."""
     # Sized for a half-width panel, so labels stay readable when the SVG scales down.
     row_height, left, right = 26, 170, 470
@@ -134,7 +140,7 @@ def horizontal_bars(rows: Sequence[tuple[str, float, str]], label: str) -> Marku
             f'<text class="label" x="{left - 8}" y="{y + 16}" text-anchor="end">'
             f"<title>{escape(name)}</title>{escape(short)}</text>"
             f'<rect class="bar" x="{left}" y="{y + 3}" width="{w:.1f}" height="{row_height - 8}" '
-            f'fill="{colour_for(index, name)}"><title>{escape(name)}: {escape(shown)}</title></rect>'
+            f'fill="{colour_for(index, name, status)}"><title>{escape(name)}: {escape(shown)}</title></rect>'
             f'<text class="value" x="{left + w + 6:.1f}" y="{y + 16}">{escape(shown)}</text>'
         )
     return _svg(560, height, body, label)

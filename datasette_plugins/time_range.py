@@ -36,7 +36,7 @@ class TimeRange:
         return self.end_ms - self.start_ms <= RAW_SPAN_LIMIT_MS
 
     def local_bucket(self, epoch_ms: int) -> int:
-        """Return the start of the viewer-local bucket that holds `epoch_ms`."""
+        """Return the start of the viewer-local bucket that contains `epoch_ms`."""
         offset_ms = self.offset_minutes * 60_000
         return (epoch_ms + offset_ms) // self.bucket_ms * self.bucket_ms - offset_ms
 

@@ -23,7 +23,7 @@ from .time_range import parse_range
 logger = logging.getLogger(__name__)
 
 WARM_PRESETS = ("30d", "7d", "24h")
-# Logs with fewer summary rows than this answer quickly from a cold cache.
+# Logs with fewer summary rows than this render quickly from a cold cache.
 WARM_MIN_ROWS = 50_000
 
 

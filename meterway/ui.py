@@ -40,7 +40,10 @@ def build_datasette_args(db_path: Path, *, host: str = "127.0.0.1", port: int = 
     let SQLite skip locking while the gateway is still writing. Datasette opens it with
     `mode=ro` for its queries, and no meterway page writes.
     """
-    args = ["serve", str(db_path), "--host", host, "--port", str(port)]
+    # Facet suggestions run one query per column on every Logs page view. On a large log
+    # that costs seconds, and the useful facets are already set in the plugin's metadata.
+    args = ["serve", str(db_path), "--host", host, "--port", str(port),
+            "--setting", "suggest_facets", "off"]
     if metadata_path is not None:
         args += ["--metadata", str(metadata_path)]
     return args

@@ -93,7 +93,12 @@ class Page:
         self.send("Page.navigate", url=url)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            state = self.evaluate("document.readyState + ' ' + location.href")
+            try:
+                state = self.evaluate("document.readyState + ' ' + location.href")
+            except RuntimeError:
+                # The old document's context goes away while the new one loads.
+                time.sleep(0.1)
+                continue
             if state.startswith("complete"):
                 time.sleep(0.2)  # Let a script's location.replace() start, then re-check.
                 if self.evaluate("document.readyState") == "complete":
@@ -124,7 +129,7 @@ class Page:
 @pytest.fixture(scope="module")
 def ui_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     db_path = tmp_path_factory.mktemp("ui") / "meterway.db"
-    build_sample_log(db_path, rows=600)
+    build_sample_log(db_path, rows=300)
     port = _free_port()
     code = f"import sys; from pathlib import Path; from meterway.ui import serve; sys.exit(serve(Path({str(db_path)!r}), port={port}))"
     server = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
