@@ -1,6 +1,6 @@
 """Export logged requests as mitmproxy flow files (`meterway flow`), and read them back.
 
-`payloads.flow` holds each request's flow as written by mitmproxy's `FlowWriter`, in the form
+`payloads.flow` contains each request's flow as written by mitmproxy's `FlowWriter`, in the form
 the client sent it and with credentials redacted. Such blobs concatenate into one valid
 `.mitm` file, which `mitmweb -r FILE` and `meterway web --open ID` load.
 """
@@ -20,8 +20,6 @@ from mitmproxy import io as mitmio
 
 logger = logging.getLogger(__name__)
 
-LIST_IDS_HINT = ("list ids with `sqlite3 DB \"select id, started_at, outcome from requests "
-                 "order by started_ms desc limit 20\"` or on the UI's Logs page")
 
 
 class FlowExportError(Exception):
@@ -108,7 +106,9 @@ def select_flows(db_path: Path, ids: Sequence[str] = (), where: str | None = Non
 
     unknown = [request_id for request_id in ids if request_id not in found]
     if unknown:
-        raise FlowExportError(f"no request with id {', '.join(unknown)} in {db_path}; {LIST_IDS_HINT}")
+        raise FlowExportError(f"no request with id {', '.join(unknown)} in {db_path}; list ids with "
+                              f"`sqlite3 {db_path} \"select id, started_at, outcome from requests order by "
+                              "started_ms desc limit 20\"` or on the UI's Logs page")
     rows = [(request_id, found[request_id]) for request_id in dict.fromkeys(ids)]
     rows += [row for row in selected if row[0] not in found]
     if not rows:

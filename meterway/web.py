@@ -6,9 +6,9 @@ afresh: the router gives a replayed flow a new record that points at the origina
 Requests opened from the log are loaded as `mitmweb -r` loads a file, so they are not
 logged a second time.
 
-The web UI needs a token. mitmweb logs its URL, token included, when it starts, so this
-module sets `web_password` to an argon2 hash of a token it generates: mitmweb then logs the
-URL without the token, and only `print_web_url` shows it, on the terminal or in a file
+The web UI needs a token, and mitmweb logs its URL with the token when it starts. So this
+module generates the token and sets `web_password` to its argon2 hash. mitmweb then logs
+the URL without the token, and only `print_web_url` shows it, on the terminal or in a file
 with owner-only permissions.
 """
 
@@ -76,8 +76,8 @@ class GatewayWebMaster(WebMaster):
         super().__init__(opts, with_termlog=True)
         gateway_addons = make_addons()
         if replay_only:
-            # Beside a running gateway the readiness port is taken, and mitmweb exits on the
-            # error that logs; a UI without listeners has no readiness to report anyway.
+            # Beside a running gateway the readiness port is taken, and the error that logs
+            # makes mitmweb exit. A UI without listeners has no readiness to report anyway.
             gateway_addons = [addon for addon in gateway_addons if not isinstance(addon, Readiness)]
         self.addons.add(*gateway_addons)
         self.addons.add(OpenLoggedFlows(flows), notice)
@@ -150,7 +150,7 @@ def print_web_url(url: str, token_file: Path | None) -> None:
     """Show the web UI's URL with its token on the terminal, or write it to `token_file`.
 
     The URL is printed to stdout only when stdout is a terminal, so a redirected output or
-    a service log never holds the token.
+    a service log never contains the token.
     """
     if token_file is not None:
         descriptor = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -1,7 +1,7 @@
 """Inspect and replay logged requests, end to end, as a person would.
 
 A real gateway (`meterway run`) serves openai SDK traffic to an Ollama stand-in and to an
-OpenAI stand-in that requires a backend key; one request fails upstream. The failed request
+OpenAI stand-in that requires a backend key. One request fails upstream. The failed request
 is picked from SQLite, exported with `meterway flow`, and opened with `meterway web` on a
 changed config (the research route now has another name, backend and key). Through
 mitmweb's HTTP API the test edits the prompt and replays it, then checks the new row, what
@@ -281,6 +281,7 @@ def web(logged):
     for source, target in logged["upstreams"].items():
         command += ["--upstream", f"{source}={target}"]
     env = {**os.environ, "OPENAI_EU_KEY": KEY_AFTER}
+
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=folder)
     try:
@@ -289,11 +290,13 @@ def web(logged):
         while not token_file.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert token_file.exists(), log_path.read_text()
+
         url = token_file.read_text().strip()
         client = MitmWeb(url)
         deadline = time.monotonic() + 10
         while len(client.flows()) < len(opened) and time.monotonic() < deadline:
             time.sleep(0.05)
+
         logged["cloud"].reset()
         logged["cloud"].require_key = KEY_AFTER
         yield {**logged, "client": client, "url": url, "opened": opened, "log_path": log_path,
@@ -339,6 +342,12 @@ def test_replay_edited_failed_request(web) -> None:
     received = cloud.wait_for_requests(1)[-1]
     assert received.header("authorization") == f"Bearer {KEY_AFTER}"
     assert received.json["messages"][0]["content"] == EDITED_PROMPT
+    assert all(CLIENT_KEY not in value for _, value in received.headers)
+
+    # mitmweb keeps the flow's id across a replay; the response names the replay's new row.
+    replayed = next(flow for flow in client.flows() if flow["id"] == flow_id)
+    response_headers = {name.lower(): value for name, value in replayed["response"]["headers"]}
+    assert response_headers["x-meterway-request-id"] == row["id"]
 
     # A second replay of the same mitmweb flow gets its own row, still pointing at the original.
     client.replay(flow_id)
