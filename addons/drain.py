@@ -24,6 +24,7 @@ from addons.errors import error_response
 logger = logging.getLogger(__name__)
 
 DEFAULT_DRAIN_TIMEOUT = 10.0
+_LAST_WRITE_GRACE = 0.2
 
 
 class Drain:
@@ -87,6 +88,9 @@ class Drain:
         proxyserver = ctx.master.addons.get("proxyserver")
         if proxyserver is None:
             return
+        # mitmproxy calls the `response` hook before it writes the end of the response, so
+        # give the last answers a moment to reach their clients before the sockets close.
+        await asyncio.sleep(_LAST_WRITE_GRACE)
         for handler in list(proxyserver.connections.values()):
             # NOTE: `transports` is mitmproxy's internal map of connection to reader/writer
             # (12.x); without it the connections are left for asyncio to cancel.

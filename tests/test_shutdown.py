@@ -54,11 +54,15 @@ def start(tmp_path: Path, backend: OllamaStandIn, drain: float) -> tuple[Gateway
 def stream_in_thread(port: int, events: list[str], first_event: threading.Event) -> threading.Thread:
     def run() -> None:
         body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
-        with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=30) as reply:
-            for line in reply.iter_lines():
-                if line.startswith("data:"):
-                    events.append(line)
-                    first_event.set()
+        try:
+            with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/chat/completions", json=body,
+                              timeout=30) as reply:
+                for line in reply.iter_lines():
+                    if line.startswith("data:"):
+                        events.append(line)
+                        first_event.set()
+        except httpx.HTTPError as error:  # a stream cut by the drain timeout ends here
+            events.append(f"error: {type(error).__name__}")
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
@@ -102,7 +106,7 @@ def test_sigterm_drains_slow_stream(tmp_path: Path, slow_backend: OllamaStandIn)
 
 
 def test_drain_timeout_cuts_stream(tmp_path: Path, slow_backend: OllamaStandIn) -> None:
-    slow_backend.chunks = 40
+    slow_backend.chunks = 12
     slow_backend.delay_per_chunk = 0.25
     gateway, port, _ = start(tmp_path, slow_backend, drain=0.5)
     events: list[str] = []
@@ -123,7 +127,7 @@ def test_sigkill_keeps_database_intact(tmp_path: Path, slow_backend: OllamaStand
     gateway, port, _ = start(tmp_path, slow_backend, drain=10)
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
     with httpx.Client(timeout=10) as client:
-        for _ in range(30):
+        for _ in range(10):
             assert client.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body).status_code == 200
     gateway.process.send_signal(signal.SIGKILL)
     gateway.process.wait(10)
@@ -132,6 +136,6 @@ def test_sigkill_keeps_database_intact(tmp_path: Path, slow_backend: OllamaStand
     assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
     written = conn.execute("select count(*) from requests").fetchone()[0]
     # Rows still queued in the writer may be lost; what was written is whole.
-    assert 0 <= written <= 30
+    assert 0 <= written <= 10
     for (payload,) in conn.execute("select client_request from payloads"):
         assert json.loads(payload)["method"] == "POST"
