@@ -30,6 +30,7 @@ from mitmproxy.tools.web.master import WebMaster
 from addons.gateway import make_addons
 from addons.readiness import Readiness
 from meterway.flows import FlowExportError, decode_flows, select_flows
+from meterway.ui import is_loopback
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +179,9 @@ async def serve_web(config_path: Path, *, open_ids: Sequence[str] = (), web_host
     from meterway.master import first_modes
 
     gateway = load_config(config_path)
+    if not is_loopback(web_host):
+        logger.warning("the web UI listens on %s, beyond loopback: anyone with its token can replay "
+                       "requests with the configured provider keys", web_host)
     flows = load_logged_flows(gateway.database_path(), open_ids)
     modes = first_modes(config_path, listen_host)
     if not replay_only:
