@@ -208,6 +208,7 @@ def failure_response(target: str, reason: str, code: str) -> ImmediateResponse:
         "error": {
             "message": message,
             "type": "router_error",
+            "param": None,
             "code": code,
         }
     }
