@@ -94,21 +94,40 @@ async def read_groups(db: Database, lo: int, hi: int) -> list[Group]:
             for row in rows]
 
 
-def _slices(start_ms: int, end_ms: int, bounds: list[int], bucket_ms: int) -> list[tuple[int, int, int]]:
-    """Cut [start_ms, end_ms) at the bucket starts; return (bucket, lo, hi) triples."""
-    return [(b, max(b, start_ms), min(b + bucket_ms, end_ms)) for b in bounds]
+def _pieces(start_ms: int, end_ms: int, buckets: list[int], bucket_ms: int,
+            now_ms: int) -> list[tuple[int, int, int]]:
+    """Cut [start_ms, end_ms) into (bucket, lo, hi) pieces that are worth keeping.
+
+    A whole bucket that is over is one piece. A bucket cut by the range's edge, or not over
+    yet, is cut into whole hours, so its finished hours are kept and reused as a moving
+    range slides on, and only the current hour is read again.
+    """
+    pieces = []
+    for bucket in buckets:
+        lo, hi = max(bucket, start_ms), min(bucket + bucket_ms, end_ms)
+        if lo >= hi:
+            continue
+        if (lo, hi) == (bucket, bucket + bucket_ms) and hi + SETTLE_MS <= now_ms:
+            pieces.append((bucket, lo, hi))
+            continue
+        hour = lo // HOUR_MS * HOUR_MS
+        while hour < hi:
+            pieces.append((bucket, max(hour, lo), min(hour + HOUR_MS, hi)))
+            hour += HOUR_MS
+    return pieces
 
 
 async def bucket_groups(db: Database, start_ms: int, end_ms: int, buckets: list[int],
                         bucket_ms: int, now_ms: int | None = None) -> list[tuple[int, list[Group]]]:
-    """Return the groups of every bucket of the range, reading only buckets not kept yet."""
-    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    slices = _slices(start_ms, end_ms, buckets, bucket_ms)
+    """Return the groups of every bucket of the range, reading only pieces not kept yet.
 
+    A bucket may appear in several (bucket, groups) pairs, one per piece; callers add them up.
+    """
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     found = []
-    # One bucket after the other: the histogram aggregate runs in Python and holds the GIL,
+    # One piece after the other: the histogram aggregate runs in Python and holds the GIL,
     # so parallel queries would only stretch each one towards Datasette's time limit.
-    for bucket, lo, hi in slices:
+    for bucket, lo, hi in _pieces(start_ms, end_ms, buckets, bucket_ms, now_ms):
         groups = await _cached(("groups", str(db.path), lo, hi), hi, now_ms,
                                lambda lo=lo, hi=hi: read_groups(db, lo, hi))
         found.append((bucket, groups))
@@ -118,7 +137,7 @@ async def bucket_groups(db: Database, start_ms: int, end_ms: int, buckets: list[
 async def top_requests(db: Database, start_ms: int, end_ms: int, buckets: list[int],
                        bucket_ms: int, order: str, where: str, params: dict[str, Any],
                        limit: int, now_ms: int | None = None) -> list[dict[str, Any]]:
-    """Return the `limit` requests with the largest `order` value, one query per bucket."""
+    """Return the `limit` requests with the largest `order` value, one query per piece."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     sql = (f"SELECT {TOP_COLUMNS} FROM requests WHERE started_ms >= :lo AND started_ms < :hi "
            f"AND {where} AND {order} IS NOT NULL ORDER BY {order} DESC LIMIT {limit}")
@@ -129,7 +148,7 @@ async def top_requests(db: Database, start_ms: int, end_ms: int, buckets: list[i
             return [dict(row) for row in await db.execute(sql, {**params, "lo": lo, "hi": hi})]
         return await _cached(("top", str(db.path), lo, hi, order, filters), hi, now_ms, load)
 
-    slices = _slices(start_ms, end_ms, buckets, bucket_ms)
-    found = await asyncio.gather(*(one(lo, hi) for _, lo, hi in slices))
+    pieces = _pieces(start_ms, end_ms, buckets, bucket_ms, now_ms)
+    found = await asyncio.gather(*(one(lo, hi) for _, lo, hi in pieces))
     rows = [row for part in found for row in part]
     return sorted(rows, key=lambda row: row[order], reverse=True)[:limit]
