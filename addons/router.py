@@ -53,6 +53,8 @@ class Router:
         self.calls = RouterCalls()
         self.deadline = UpstreamDeadline()
         self._choices: weakref.WeakKeyDictionary[http.HTTPFlow, BackendChoice] = weakref.WeakKeyDictionary()
+        # The chosen route's policies, for checks that can only run after route selection.
+        self._route_policies: weakref.WeakKeyDictionary[http.HTTPFlow, Any] = weakref.WeakKeyDictionary()
         config.on_reload(self.calls.reconfigure)
 
     async def running(self) -> None:
@@ -60,6 +62,10 @@ class Router:
 
     async def done(self) -> None:
         await self.calls.close()
+
+    def route_policies_for(self, flow: http.HTTPFlow) -> Any | None:
+        """Return the `policies` of the route chosen for a flow, or None."""
+        return self._route_policies.get(flow)
 
     def choice_for(self, flow: http.HTTPFlow) -> BackendChoice | None:
         """Return the backend chosen for a flow, for key injection."""
@@ -155,6 +161,8 @@ class Router:
                          "add a route without `matches` as a fallback", code="no_route")
             return
         route = choice.route
+        if route.policies is not None:
+            self._route_policies[flow] = route.policies
         backends = [b for b in route.backends if b.weight > 0] or list(route.backends)
         if not backends:
             self._refuse(flow, 500, f"route {route_name(route, listener.port, listener_index, choice.index, None)} "
