@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import weakref
 from typing import Any
 
 from mitmproxy import http
@@ -56,12 +57,15 @@ def redact_credentials(request: http.Request) -> list[str]:
 
 
 def _entry_matches(entry: Any, key: str) -> bool:
+    # Both sides are hashed first, so the comparison takes the same time whatever the
+    # lengths, and compare_digest keeps it constant in the contents.
+    presented = hashlib.sha256(key.encode()).hexdigest()
     if entry.key is not None:
-        return hmac.compare_digest(entry.key.encode(), key.encode())
+        return hmac.compare_digest(hashlib.sha256(entry.key.encode()).hexdigest(), presented)
     algorithm, _, digest = (entry.key_hash or "").partition(":")
     if algorithm.lower() != "sha256" or not digest:
         return False
-    return hmac.compare_digest(hashlib.sha256(key.encode()).hexdigest(), digest.lower())
+    return hmac.compare_digest(presented, digest.lower())
 
 
 def client_name(entry: Any, index: int) -> str:
@@ -77,6 +81,9 @@ class Auth:
     def __init__(self, config: Config, router: Router) -> None:
         self.config = config
         self.router = router
+        # The client key of each flow, kept off the flow (which is shown and stored) until a
+        # route's apiKey policy has been checked in `request`.
+        self._keys: weakref.WeakKeyDictionary[http.HTTPFlow, str | None] = weakref.WeakKeyDictionary()
 
     def _api_key_policies(self, listener: Any) -> list[Any]:
         gateway = self.config.gateway
@@ -99,16 +106,26 @@ class Auth:
             return
         listener = self.config.listener_for(rec.get("bind"))
         policies = self._api_key_policies(listener)
+        key = presented_key(flow.request)
         if policies:
-            self._check_client(flow, rec, policies)
+            self._check_client(flow, rec, policies, key)
+        self._keys[flow] = key
         rec["client_credentials"] = redact_credentials(flow.request)
 
-    def _check_client(self, flow: http.HTTPFlow, rec: dict[str, Any], policies: list[Any]) -> None:
+    def _check_route_client(self, flow: http.HTTPFlow, rec: dict[str, Any]) -> None:
+        """Check the chosen route's apiKey policy, which only applies after route selection."""
+        key = self._keys.pop(flow, None)
+        route_policies = self.router.route_policies_for(flow)
+        policy = getattr(route_policies, "api_key", None)
+        if policy is not None:
+            self._check_client(flow, rec, [policy], key)
+
+    def _check_client(self, flow: http.HTTPFlow, rec: dict[str, Any], policies: list[Any],
+                      key: str | None) -> None:
         if rec.get("is_replay") and rec.get("replayed_client"):
             # A replay from mitmweb runs as the client of the original request, by name.
             rec["client"] = rec["replayed_client"]
             return
-        key = presented_key(flow.request)
         strict = any(policy.mode == "strict" for policy in policies)
         if key is None:
             if strict:
@@ -132,6 +149,9 @@ class Auth:
     def request(self, flow: http.HTTPFlow) -> None:
         rec = flowrecord.get(flow)
         if rec is None or flow.response is not None or not flow.live:
+            return
+        self._check_route_client(flow, rec)
+        if flow.response is not None:
             return
         for name in CREDENTIAL_HEADERS:
             flow.request.headers.pop(name, None)

@@ -29,7 +29,7 @@ def _all_but(model: type[BaseModel], *supported: str) -> frozenset[str]:
 
 
 _TRAFFIC_KINDS = (
-    "oidc", "jwtAuth", "extAuthz", "extProc", "transformations", "basicAuth", "apiKey",
+    "oidc", "jwtAuth", "extAuthz", "extProc", "transformations", "basicAuth",
 )
 
 # Model class name -> the YAML keys of that model that meterway does not implement yet.
@@ -65,7 +65,7 @@ UNSUPPORTED: dict[str, frozenset[str]] = {
             "requestMirror", "directResponse", "cors", "mcpAuthorization", "extMcp",
             "authorization", "mcpAuthentication", "a2a", "ai", "backendTLS", "backendTunnel",
             "backendAuth", "localRateLimit", "remoteRateLimit", "csrf", "timeout", "retry",
-            "oidc", "jwtAuth", "extAuthz", "transformations", "basicAuth", "apiKey",
+            "oidc", "jwtAuth", "extAuthz", "transformations", "basicAuth",
         }
     ),
     "BackendPolicies": frozenset(
@@ -107,7 +107,6 @@ UNSUPPORTED: dict[str, frozenset[str]] = {
 FIXES: dict[tuple[str, str], str] = {
     ("RoutePolicies", "extProc"): "move it to a top-level `policies:` entry with `phase: gateway`",
     ("ListenerPolicies", "extProc"): "move it to a top-level `policies:` entry with `phase: gateway`",
-    ("ListenerPolicies", "apiKey"): "move it to each route's `policies:`",
     ("ProviderSettings", "model"): "set `policies.ai.modelAliases: {'*': MODEL}` instead",
     ("ExtProc", "service"): "give the server's address as `host: HOST:PORT`",
     ("ExtProc", "backend"): "give the server's address as `host: HOST:PORT`",
