@@ -29,7 +29,8 @@ from addons.store_rollup import (
     percentile_from_hist,
     status_class,
 )
-from addons.store_schema import ensure_schema, read_latency_bounds
+from addons.store_open import StoreError, Throttle, open_for_writing, open_readonly
+from addons.store_schema import read_latency_bounds
 from addons.store_write import PreparedRow, prepare, write_batch
 
 __all__ = [
@@ -47,12 +48,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_LOG_INTERVAL_S = 60.0
 _BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-
-
-class StoreError(Exception):
-    """The request log cannot be opened at the configured path."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,63 +65,9 @@ class _FileReplaced(Exception):
     """The database file was deleted or replaced while a batch was being written."""
 
 
-class _Throttle:
-    """Let a message through at most once per interval per key, counting the rest."""
-
-    def __init__(self, interval: float = _LOG_INTERVAL_S) -> None:
-        self._interval = interval
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def ready(self, key: str) -> int | None:
-        """Return how many messages were held back since the last one, or None to hold this one."""
-        now = time.monotonic()
-        with self._lock:
-            last = self._last.get(key)
-            if last is not None and now - last < self._interval:
-                self._suppressed[key] = self._suppressed.get(key, 0) + 1
-                return None
-            self._last[key] = now
-            return self._suppressed.pop(key, 0)
-
-
 def latency_bounds() -> list[float]:
     """Return the finite upper bounds (ms) of the latency buckets a new file gets."""
     return default_latency_bounds()
-
-
-def open_readonly(path: Path | str) -> sqlite3.Connection:
-    """Open the live request log read-only (not immutable, because the gateway writes it)."""
-    resolved = Path(path).resolve()
-    if not resolved.is_file():
-        raise StoreError(
-            f"request log {resolved} not found; start the gateway once to create it, "
-            "or check config.database.url"
-        )
-    conn = sqlite3.connect(resolved.as_uri() + "?mode=ro", uri=True, check_same_thread=False)
-    conn.execute("PRAGMA busy_timeout = 5000")
-    return conn
-
-
-def open_for_writing(path: Path | str, *, busy_timeout: float = 5.0) -> sqlite3.Connection:
-    """Open the request log for writing (WAL, synchronous=NORMAL) and create or migrate it.
-
-    The connection is in autocommit mode: `write_batch()` and `ensure_schema()` open their
-    own transactions. It may be handed to one other thread, but used by one at a time.
-    """
-    conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout, check_same_thread=False)
-    try:
-        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        # NORMAL skips the fsync per commit in WAL mode; a power cut may lose the last
-        # commits but never corrupts the file.
-        conn.execute("PRAGMA synchronous = NORMAL")
-        ensure_schema(conn)
-    except BaseException:
-        conn.close()
-        raise
-    return conn
 
 
 class RequestStore:
@@ -160,7 +102,7 @@ class RequestStore:
         self._written = 0
         self._dropped = 0
         self._failed = 0
-        self._throttle = _Throttle()
+        self._throttle = Throttle()
 
     @property
     def stats(self) -> StoreStats:
