@@ -12,7 +12,8 @@ import logging
 import weakref
 from typing import Any
 
-from mitmproxy import http
+from mitmproxy import ctx, http
+from mitmproxy.proxy.mode_specs import ReverseMode
 
 from addons.extproc import ExtProcClient, ExtProcSession, ProcessingOptions
 
@@ -20,6 +21,25 @@ logger = logging.getLogger(__name__)
 
 # Pseudo-headers travel in the ext_proc header map but are not HTTP headers of the flow.
 _PSEUDO = (":method", ":scheme", ":authority", ":path")
+
+
+def client_authority(flow: http.HTTPFlow) -> str:
+    """Return the authority the client addressed, which Envoy sends as `:authority`.
+
+    In reverse mode mitmproxy replaces `Host` with the reverse target before the first hook,
+    unless `keep_host_header` is set. The listener's own address is used instead, because
+    that is what a client's `Host` names unless it connected through a DNS name.
+    """
+    request = flow.request
+    try:
+        keep_host = bool(ctx.options.keep_host_header)
+    except AttributeError:  # no running master, as in unit tests
+        keep_host = False
+    sockname = flow.client_conn.sockname
+    if keep_host or not isinstance(flow.client_conn.proxy_mode, ReverseMode) or not sockname:
+        return request.host_header or request.pretty_host
+    host, port = sockname[0], sockname[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class RouterCalls:
@@ -79,10 +99,12 @@ class RouterCalls:
         request = flow.request
         session = self.client.session()
         self._sessions[flow] = session
-        headers = [(name.lower(), value) for name, value in request.headers.items(multi=True)]
+        # Envoy sends the client's Host only as `:authority`, never as a `host` entry.
+        headers = [(name.lower(), value) for name, value in request.headers.items(multi=True)
+                   if name.lower() != "host"]
         decision = await session.request(
             request.method, "https" if request.scheme == "https" else "http",
-            request.host_header or request.pretty_host, request.path, headers,
+            client_authority(flow), request.path, headers,
             request.get_content(strict=False) if request.raw_content else None, bool(rec.get("stream")),
         )
         rec["router_outcome"] = decision.outcome
