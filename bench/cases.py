@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import logging
 import sqlite3
 import sys
+import time
 from pathlib import Path
 
+from bench.client import CHAT_PATH, HEADERS, chat_body
 from bench.load import run_json, run_plain
 from bench.procstat import Sampler
 from bench.settings import Settings
@@ -37,6 +41,29 @@ def warm_up(target: Target) -> None:
     run_json([sys.executable, "-m", "bench.client", "streams", "--url", target.url, "--streams", "2"], timeout=60)
 
 
+def probe_ms(target: Target, timeout: float = 60.0) -> float | None:
+    """Time one plain request right after a case; None if it failed.
+
+    wrk cuts the requests still in flight when its time is up, so the proxy sees client
+    disconnects. This probe shows how long the proxy then takes to answer again, and waiting
+    for it keeps that recovery out of the next case.
+    """
+    host, port = target.url.removeprefix("http://").split(":")
+    body = json.dumps(chat_body("gpt-4o-mini", stream=False))
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    began = time.perf_counter()
+    try:
+        conn.request("POST", CHAT_PATH, body=body, headers=HEADERS)
+        response = conn.getresponse()
+        response.read()
+        ok = response.status == 200
+    except OSError:
+        ok = False
+    finally:
+        conn.close()
+    return (time.perf_counter() - began) * 1000 if ok else None
+
+
 def measure_plain(target: Target, settings: Settings) -> dict[str, dict]:
     """Measure requests per second and latency at each concurrency, with the proxy's CPU and RSS."""
     results: dict[str, dict] = {}
@@ -44,6 +71,7 @@ def measure_plain(target: Target, settings: Settings) -> dict[str, dict]:
         sampler = Sampler(target.pid).start()
         result = run_plain(target.url, concurrency, settings.duration, settings.load_client)
         results[str(concurrency)] = _with_usage(result, sampler.stop())
+        result["probe_after_ms"] = probe_ms(target)
         logger.info("%s c=%d: %.0f rps, p50 %.2f ms, p99 %.2f ms, %d errors", target.name, concurrency,
                     result["rps"], result["p50_ms"] or 0, result["p99_ms"] or 0, result["errors"])
     return results

@@ -40,11 +40,12 @@ def plain_table(results: dict) -> list[str]:
             litellm = _get(results, "litellm", "plain", case)
             mitm = _get(results, "mitmdump", "plain", case) if name.startswith("meterway") else None
             rows.append([name, case, _num(r["rps"], 0), _num(r["p50_ms"], 2), _num(r["p99_ms"], 2), str(r["errors"]),
+                         _num(r.get("probe_after_ms"), 0),
                          _num(r.get("cpu_ms_per_request"), 2), _num(r.get("rss_peak_mib"), 0),
                          _times(ratio(r["rps"], direct and direct["rps"])),
                          _times(ratio(r["rps"], litellm and litellm["rps"])),
                          _times(ratio(r["rps"], mitm and mitm["rps"]))])
-    return _table(["target", "conc.", "req/s", "p50 ms", "p99 ms", "errors", "proxy CPU ms/req", "proxy RSS MiB",
+    return _table(["target", "conc.", "req/s", "p50 ms", "p99 ms", "errors", "probe after ms", "proxy CPU ms/req", "proxy RSS MiB",
                    "req/s vs direct", "req/s vs LiteLLM", "req/s vs mitmdump"], rows)
 
 
@@ -129,7 +130,8 @@ def render(results: dict) -> str:
     m = results["machine"]
     s = results["settings"]
     lines = [f"Run of {m['date']} ({results['preset']} preset, {results['elapsed_s']:.0f} s): {m['cores']} cores, "
-             f"{m['cpu']}, Linux {m['kernel']}, Python {m['python']}, mitmproxy {m['mitmproxy']}, "
+             f"{m['cpu']}, Linux {m['kernel']}, load average {m['load_before']} before and "
+             f"{results.get('load_after', '?')} after, Python {m['python']}, mitmproxy {m['mitmproxy']}, "
              f"LiteLLM {m['litellm'] or 'not installed'}, load from {s['load_client']}"
              f"{' (' + m['wrk'] + ')' if s['load_client'] == 'wrk' and m['wrk'] else ''}.", ""]
     lines += ["### Targets", ""] + status_lines(results)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -25,6 +28,11 @@ from bench.targets import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+def _load_average() -> str:
+    """Return the 1-minute load average: other work on the machine skews every number."""
+    return f"{os.getloadavg()[0]:.1f}"
 
 
 def machine_facts() -> dict:
@@ -48,7 +56,7 @@ def machine_facts() -> dict:
         done = subprocess.run([str(python), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
                               capture_output=True, text=True)
         litellm_version = done.stdout.strip() or None
-    return {"cores": __import__("os").cpu_count(), "cpu": cpu, "python": platform.python_version(),
+    return {"cores": os.cpu_count(), "cpu": cpu, "load_before": _load_average(), "python": platform.python_version(),
             "mitmproxy": metadata.version("mitmproxy"), "aiohttp": metadata.version("aiohttp"),
             "litellm": litellm_version, "wrk": wrk_version, "kernel": platform.release(),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
@@ -113,20 +121,42 @@ def run_memory(procs: Processes, upstream: str, router: str | None) -> dict:
 
 
 def run_profile(procs: Processes, upstream: str, router: str | None, settings: Settings) -> dict:
-    """Profile meterway (router config) under plain requests at concurrency 10."""
+    """Profile meterway (router config) under plain requests at concurrency 10.
+
+    The profiler runs only while the measured load runs: a warm-up and one short burst go
+    first, so one-time loads (price data, token encoders) stay out of the per-request figures.
+    """
     stats_path = procs.folder / "meterway.pstats"
     target = start_meterway(procs, "meterway-profile", upstream, router, profile_to=stats_path)
+    process = next(p for _, p in procs.running if p.pid == target.pid)
     try:
         cases.warm_up(target)
+        run_plain(target.url, 10, 1.0, settings.load_client)
+        cases.probe_ms(target)  # returns once the burst's cut-off requests are dealt with
+        process.send_signal(signal.SIGUSR1)
         load = run_plain(target.url, 10, settings.profile_seconds, settings.load_client)
+        process.send_signal(signal.SIGUSR2)
+        deadline = time.monotonic() + 30
+        while not stats_path.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)  # the stats file may still be being written
     finally:
-        procs.stop(next(p for _, p in procs.running if p.pid == target.pid), timeout=60)
+        procs.stop(process, timeout=60)
     if not stats_path.exists():
-        return {"error": f"no profile written; see {procs.folder / 'meterway-profile.log'}"}
+        return {"ok": False, "error": f"no profile written; see {procs.folder / 'meterway-profile.log'}"}
     summary = summarize(stats_path)
     summary["rps_under_profiler"] = load["rps"]
     summary["pstats"] = str(stats_path)
     return summary
+
+
+def _guarded(part: Callable[..., dict], *args: object) -> dict:
+    """Run one extra part; a failure becomes an `error` entry in the report, not a lost run."""
+    try:
+        return part(*args)
+    except (RuntimeError, TimeoutError, OSError, subprocess.TimeoutExpired, ValueError) as error:
+        logger.error("%s failed: %s", part.__name__, error)
+        return {"ok": False, "error": str(error)[:600]}
 
 
 def run_all(settings: Settings) -> dict:
@@ -155,13 +185,14 @@ def run_all(settings: Settings) -> dict:
             results["store"] = run_store(settings)
         if "memory" in settings.parts:
             logger.info("streaming %d MB through meterway", settings.bulk_mb)
-            results["memory"] = run_memory(procs, upstream, router)
+            results["memory"] = _guarded(run_memory, procs, upstream, router)
         if "profile" in settings.parts:
             logger.info("profiling meterway for %.0f s", settings.profile_seconds)
-            results["profile"] = run_profile(procs, upstream, router, settings)
+            results["profile"] = _guarded(run_profile, procs, upstream, router, settings)
     finally:
         procs.close()
     results["elapsed_s"] = time.monotonic() - began
+    results["load_after"] = _load_average()
     if settings.preset == "smoke":
         shutil.rmtree(folder, ignore_errors=True)
     return results

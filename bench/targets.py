@@ -139,6 +139,7 @@ def start_meterway(procs: Processes, name: str, upstream: str, router: str | Non
         command = [str(BIN / "meterway"), "run", str(config), "--upstream", mapping]
     else:
         command = [sys.executable, "-m", "bench.profiled", str(profile_to), "run", str(config), "--upstream", mapping]
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     process = procs.start(name, command, port, env=env, cwd=folder)
     return Target(name, f"http://127.0.0.1:{port}", process.pid, folder=folder)
 
