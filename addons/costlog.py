@@ -22,6 +22,7 @@ from addons.conversation import prompt_text
 from addons.logrow import StoredBody, base_row, flow_blob, request_json, response_json
 from addons.pricing import PriceCatalog
 from addons.redact import Redactor
+from addons.retention import RetentionPolicy
 from addons.store import RequestStore
 from addons.streamtap import StreamTap
 from addons.usage import UsageTracker
@@ -53,13 +54,16 @@ class CostLog:
         self.catalog = PriceCatalog.load(gateway.catalog_paths(), inline)
         self.redactor = Redactor(self.config.secrets)
         path = gateway.database_path()
+        kept = gateway.meterway.retention
+        retention = RetentionPolicy(kept.days, kept.max_database_bytes)
         if self.store is not None and path is not None and Path(self.store.path) == path:
+            self.store.set_retention(retention)
             return
         old, self.store = self.store, None
         if old is not None:
             old.stop()
         if path is not None:
-            self.store = RequestStore(path)
+            self.store = RequestStore(path, retention=retention)
             self.store.start()
             logger.info("request log: %s", path)
 

@@ -31,6 +31,7 @@ from addons.store_rollup import (
 )
 from addons.store_open import StoreError, Throttle, open_for_writing, open_readonly
 from addons.store_schema import read_latency_bounds
+from addons.retention import RetentionPolicy, RetentionRunner
 from addons.store_write import PreparedRow, prepare, write_batch
 
 __all__ = [
@@ -82,8 +83,11 @@ class RequestStore:
         flush_interval: float = 0.25,
         busy_timeout: float = 5.0,
         retry_for: float = 30.0,
+        retention: RetentionPolicy | None = None,
     ) -> None:
         self.path = Path(path)
+        # Runs in the writer's idle time; replaced by `set_retention` on a config reload.
+        self.retention = RetentionRunner(retention or RetentionPolicy())
         self._queue: queue.Queue[tuple[Mapping[str, Any], Any, Any, int]] = queue.Queue(queue_max)
         self._batch_max = batch_max
         self._flush_interval = flush_interval
@@ -225,7 +229,13 @@ class RequestStore:
                         log.exception("request log writer failed on %d rows", len(batch))
             elif not items and self._stopping.is_set():
                 break
+            elif not items and self._conn is not None:
+                self.retention.idle(self._conn)
         self._close()
+
+    def set_retention(self, policy: RetentionPolicy) -> None:
+        """Replace the retention policy; the writer applies it at its next idle moment."""
+        self.retention = RetentionRunner(policy)
 
     def _collect(self) -> list[tuple[Mapping[str, Any], Any, Any, int]]:
         """Wait for the first row, then gather more for up to `flush_interval` seconds."""
