@@ -21,6 +21,7 @@ from addons import record as flowrecord
 from addons.config import Config
 from addons.errors import error_response, note_failed_flow
 from addons.extproc_gateway import RouterCalls
+from addons.headercheck import header_problem
 from addons.anthropic_translate import TranslationError, chat_to_messages
 from addons.apiroutes import api_for, gemini_model_from_path
 from addons.providers import Provider, UnsupportedProvider, is_loopback, provider_for, resolve_upstream, split_hostport
@@ -78,6 +79,10 @@ class Router:
         rec = flowrecord.start(flow, port)
         rec["user_agent"] = flow.request.headers.get("user-agent")
         rec["api"] = classify_api(flow.request.path)
+        problem = header_problem(flow.request.headers.fields)
+        if problem is not None:
+            self._refuse(flow, 400, problem, code="invalid_header")
+            return
         limit = self._body_limit()
         length = flow.request.headers.get("content-length", "")
         if limit and length.isdigit() and int(length) > limit:
