@@ -4,8 +4,9 @@ Pure helpers without gRPC calls, so the rules test without a router:
 
 - `set_headers` read `raw_value` first, then `value` (Envoy sends and reads `raw_value`;
   some routers still fill `value`). The deprecated `append` flag wins when present
-  (true appends, false overwrites); otherwise `append_action` decides, and its default is
-  APPEND_IF_EXISTS_OR_ADD. An empty value without `keep_empty_value` is skipped.
+  (true appends, false overwrites). Without it, an `append_action` of 0 overwrites, as in
+  Envoy, and ADD_IF_ABSENT and OVERWRITE_IF_EXISTS are honoured (Envoy overwrites for
+  these too). An empty value without `keep_empty_value` is skipped.
 - Setting `x-envoy*`, `:method`, `:authority`, `:scheme` or `host` is ignored, as Envoy
   does. `:path` changes the request path, `:status` the response status.
 - Removing a pseudo-header (`:...`), `host` or `x-envoy*` is ignored.
@@ -94,7 +95,15 @@ class HeaderEditor:
 
         if option.HasField("append"):
             action = _Action.APPEND_IF_EXISTS_OR_ADD if option.append.value else _Action.OVERWRITE_IF_EXISTS_OR_ADD
+        elif option.append_action == _Action.APPEND_IF_EXISTS_OR_ADD:
+            # Envoy 1.40's ext_proc filter reads only `append`, whose default there is false,
+            # so a reply that sets neither field overwrites. proto3 cannot tell an unset
+            # append_action from APPEND_IF_EXISTS_OR_ADD (both are 0), so 0 overwrites here
+            # too. A router that wants to append sets `append: true`.
+            action = _Action.OVERWRITE_IF_EXISTS_OR_ADD
         else:
+            # NOTE: Envoy 1.40 overwrites for these actions as well. meterway honours them,
+            # as agentgateway does, because a router that sets them means them.
             action = option.append_action
 
         if name in (":path", ":status"):
