@@ -103,8 +103,8 @@ def flow_blob(flow: http.HTTPFlow, client_request: http.Request | None, response
 ROW_KEYS = (
     "id", "started_at", "started_ms", "bind", "route", "backend", "provider", "upstream", "api",
     "client", "user_agent", "stream", "requested_model", "router_model", "routed_model",
-    "router_outcome", "router_ms", "router_headers", "outcome", "error", "is_replay", "replay_of",
-    "trace_id",
+    "router_outcome", "router_ms", "router_headers", "router_error", "outcome", "error",
+    "is_replay", "replay_of", "trace_id",
 )
 
 

@@ -68,6 +68,7 @@ REQUEST_COLUMNS: dict[str, type] = {
     "router_outcome": str,
     "router_ms": float,
     "router_headers": str,
+    "router_error": str,
     "input_tokens": int,
     "cached_input_tokens": int,
     "cache_write_tokens": int,

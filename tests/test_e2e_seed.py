@@ -201,6 +201,7 @@ def test_router_down_fails_open_to_fallback(seed: SeedStack) -> None:
     row = seed.row(request_id)
     assert row["backend"] == "gemini-default"
     assert row["router_outcome"] == "failed_open"
+    assert "127.0.0.1:50051" in row["router_error"]
     assert row["outcome"] == "ok"
 
 
