@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from addons.readiness import parse_readiness_addr
-from tests.gateway_process import GatewayProcess, free_port
+from tests.gateway_process import GatewayProcess, free_port, wait_for_port
 from tests.routerthread import ThreadedRouter
 
 CONFIG = """\
@@ -43,6 +43,7 @@ def test_router_down_then_up(tmp_path: Path) -> None:
     config = tmp_path / "gateway.yaml"
     config.write_text(CONFIG.format(port=port, ready_port=ready_port, router_port=router_port))
     with GatewayProcess(config, [port]):
+        wait_for_port(ready_port)  # the probe starts after the listeners
         reply = probe(ready_port)
         assert reply.status_code == 503
         problems = reply.json()["problems"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.gateway_process import GatewayProcess, free_port
+from tests.gateway_process import GatewayProcess, free_port, wait_for_port
 from tests.standins.ollama_api import OllamaStandIn
 
 CONFIG = """\
@@ -80,6 +80,7 @@ def test_sigterm_drains_slow_stream(tmp_path: Path, slow_backend: OllamaStandIn)
     slow_backend.chunks = 8
     slow_backend.delay_per_chunk = 0.25
     gateway, port, ready_port = start(tmp_path, slow_backend, drain=10)
+    wait_for_port(ready_port)  # the probe starts after the listeners
     assert httpx.get(f"http://127.0.0.1:{ready_port}/healthz/ready").status_code == 200
 
     events: list[str] = []
