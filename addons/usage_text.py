@@ -104,10 +104,10 @@ class ReplyText:
                         self.add_text(part.get("text"))
             else:
                 self.add_text(content)
-        for position, call in enumerate(message.get("tool_calls") or []):
+        for position, call in enumerate(_as_list(message.get("tool_calls"))):
             if not isinstance(call, dict):
                 continue
-            function = call.get("function") or {}
+            function = _as_dict(call.get("function"))
             index = call.get("index", position)
             self.add_tool(f"{prefix}:{index}", function.get("name"), function.get("arguments"))
 
@@ -120,7 +120,7 @@ class ReplyText:
                 self.add_tool(str(item.get("id") or position), item.get("name"),
                               item.get("arguments"))
                 continue
-            for block in (item.get("content") or []) + (item.get("summary") or []):
+            for block in _as_list(item.get("content")) + _as_list(item.get("summary")):
                 if isinstance(block, dict):
                     self.add_text(block.get("text"))
 
@@ -138,7 +138,7 @@ class ReplyText:
     def add_gemini_candidates(self, candidates: Any) -> None:
         """Collect the parts of Gemini `candidates`; each streamed function call arrives whole."""
         for candidate in candidates if isinstance(candidates, list) else []:
-            parts = ((candidate or {}).get("content") or {}).get("parts") or []
+            parts = _as_list(_as_dict(_as_dict(candidate).get("content")).get("parts"))
             for part in parts:
                 if not isinstance(part, dict):
                     continue
@@ -146,3 +146,13 @@ class ReplyText:
                 call = part.get("functionCall")
                 if isinstance(call, dict):
                     self.add_tool(f"gemini:{len(self._order)}", call.get("name"), call.get("args"))
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    """Return `value` if it is a JSON object, else an empty one: provider replies vary in shape."""
+    return value if isinstance(value, dict) else {}
+
+
+def _as_list(value: Any) -> list[Any]:
+    """Return `value` if it is a JSON array, else an empty one."""
+    return value if isinstance(value, list) else []
