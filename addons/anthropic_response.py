@@ -146,7 +146,7 @@ def error_to_openai(body: dict[str, Any], status: int) -> dict[str, Any]:
         anthropic_type = None
         text = json.dumps(body, ensure_ascii=False)[:500] if body else ""
         message = f"Anthropic returned HTTP {status}" + (f": {text}" if text else "")
-    if anthropic_type in _ERROR_TYPES:
+    if isinstance(anthropic_type, str) and anthropic_type in _ERROR_TYPES:
         kind = _ERROR_TYPES[anthropic_type]
     else:
         kind = "server_error" if status >= 500 else "invalid_request_error"

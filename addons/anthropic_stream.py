@@ -91,16 +91,19 @@ class MessagesStreamToChat:
         return bytes(out)
 
     def _handle(self, kind: Any, data: dict[str, Any]) -> bytes:
+        # Fields of the wrong JSON type are read as absent: a malformed event must not end
+        # the client's stream with an exception.
+        index = data.get("index") if isinstance(data.get("index"), int) else None
         if kind == "message_start":
-            return self._message_start(data.get("message") or {})
+            return self._message_start(_as_dict(data.get("message")))
         if kind == "content_block_start":
-            return self._block_start(data.get("index"), data.get("content_block") or {})
+            return self._block_start(index, _as_dict(data.get("content_block")))
         if kind == "content_block_delta":
-            return self._block_delta(data.get("index"), data.get("delta") or {})
+            return self._block_delta(index, _as_dict(data.get("delta")))
         if kind == "message_delta":
             return self._message_delta(data)
         if kind == "error":
-            logger.info("Anthropic stream sent an error event: %s", (data.get("error") or {}).get("type"))
+            logger.info("Anthropic stream sent an error event: %s", _as_dict(data.get("error")).get("type"))
             return self._encode(error_to_openai(data, 500))
         # ping, content_block_stop and message_stop carry nothing a chat client needs;
         # unknown event types are skipped because Anthropic may add new ones at any time.
@@ -152,8 +155,8 @@ class MessagesStreamToChat:
 
     def _message_delta(self, data: dict[str, Any]) -> bytes:
         self._merge_usage(data.get("usage"))
-        stop_reason = (data.get("delta") or {}).get("stop_reason")
-        if stop_reason is None or self.finish_reason is not None:
+        stop_reason = _as_dict(data.get("delta")).get("stop_reason")
+        if not isinstance(stop_reason, str) or self.finish_reason is not None:
             return b""
         self.finish_reason = finish_reason(stop_reason)
         return self._start() + self._choice_chunk({}, self.finish_reason)
@@ -188,3 +191,7 @@ class MessagesStreamToChat:
     @staticmethod
     def _encode(payload: dict[str, Any]) -> bytes:
         return b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n"
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
