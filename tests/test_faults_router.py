@@ -1,7 +1,7 @@
 """Router faults under a real gateway process, for failOpen and failClosed.
 
 The gateway's extProc policy points at the stand-in router (`scripted` mode, keyword routing
-unless a test installs a script). A request whose last message says "code" is routed by the
+unless a test installs a script). A request whose last message contains "code" is routed by the
 router's `x-selected-model: qwen-coder` to the route `routed`; without the router's header it
 falls through to the route `fallback`. Both go to the same healthy upstream, so the row's
 route tells whether the router's answer was applied.
