@@ -50,6 +50,8 @@ class RouterCalls:
         self._pending: Any | None = None
         self._started = False
         self._sessions: weakref.WeakKeyDictionary[http.HTTPFlow, ExtProcSession] = weakref.WeakKeyDictionary()
+        # Bodies of responses the router replaced at the response-headers phase.
+        self._replacements: weakref.WeakKeyDictionary[http.HTTPFlow, bytes] = weakref.WeakKeyDictionary()
 
     def reconfigure(self, gateway: Any) -> None:
         """Remember the policy of a newly loaded config; the client starts in `start()`."""
@@ -152,21 +154,45 @@ class RouterCalls:
         return new_body
 
     async def after_response_headers(self, flow: http.HTTPFlow, rec: dict[str, Any]) -> None:
-        """Send the response headers to the router when the policy asks for them."""
+        """Send the response headers to the router when the policy asks for them, and apply its reply.
+
+        Header mutations and a `:status` change apply to the response. An immediate response
+        (or the error of a router that failed closed) replaces it, as in Envoy. The upstream
+        body is still read, into the new response, and `finish()` puts the router's body back.
+        """
         session = self._sessions.get(flow)
         if session is None or flow.response is None:
             return
         headers = [(name.lower(), value) for name, value in flow.response.headers.items(multi=True)]
         decision = await session.response_headers(flow.response.status_code, headers)
+        if decision.error:
+            rec["router_error"] = decision.error
+            logger.warning("flow %s: semantic router %s on the response: %s", flow.id, decision.outcome, decision.error)
+        if decision.immediate is not None:
+            imm = decision.immediate
+            # A new response object also keeps later addons from streaming the upstream body.
+            flow.response = http.Response.make(imm.status, imm.body, [(k.encode(), v.encode()) for k, v in imm.headers])
+            self._replacements[flow] = imm.body
+            rec["router_outcome"] = decision.outcome
+            rec["outcome"] = "router_response" if decision.outcome == "immediate_response" else "gateway_error"
+            if decision.outcome != "immediate_response":
+                rec["error"] = decision.error
+            return
         if decision.outcome != "ok":
             return
+        # NOTE: a CONTINUE_AND_REPLACE body in this reply is not applied yet.
+        flow.response.status_code = decision.status
         flow.response.headers.clear()
         for name, value in decision.headers:
             if not name.startswith(":"):
                 flow.response.headers.add(name, value)
 
     async def finish(self, flow: http.HTTPFlow) -> None:
-        """Close the flow's ext_proc stream, if it has one."""
+        """Close the flow's ext_proc stream, if it has one, after restoring a router's replacement body."""
+        body = self._replacements.pop(flow, None)
+        if body is not None and flow.response is not None:
+            # mitmproxy stored the upstream body into the replacement response meanwhile.
+            flow.response.raw_content = body
         session = self._sessions.pop(flow, None)
         if session is not None:
             await session.close()
