@@ -518,6 +518,15 @@ def test_response_header_mutation(proxies: Proxies) -> None:
     assert gateway.body == envoy.body
 
 
+def test_response_status_mutation(proxies: Proxies) -> None:
+    def script(message: pb.ProcessingRequest, state: dict[str, Any]) -> pb.ProcessingResponse:
+        return continue_reply("response_headers", pb.HeaderMutation(set_headers=[set_header(":status", "202")]))
+
+    envoy, gateway = both(proxies, {"response_headers": script})
+    assert envoy.status == gateway.status == 202
+    assert gateway.body == envoy.body
+
+
 # Cases: the router answers itself.
 
 
@@ -553,6 +562,25 @@ def test_immediate_response_without_type(proxies: Proxies) -> None:
     envoy, gateway = both(proxies, {"request_headers": script})
     assert envoy.status == gateway.status == 429
     assert gateway.body == envoy.body == b"slow down"
+    assert gateway.header("content-type") == envoy.header("content-type")
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["json", "sse"])
+def test_immediate_response_to_response_headers(proxies: Proxies, streamed: bool) -> None:
+    def script(message: pb.ProcessingRequest, state: dict[str, Any]) -> pb.ProcessingResponse:
+        reply = pb.ProcessingResponse()
+        reply.immediate_response.status.code = 403
+        reply.immediate_response.body = b"blocked by policy"
+        reply.immediate_response.headers.set_headers.append(set_header("x-vsr-response-path", "blocked"))
+        return reply
+
+    body = {**CHAT_BODY, "stream": True, "stream_options": {"include_usage": True}} if streamed else CHAT_BODY
+    envoy, gateway = both(proxies, {"response_headers": script}, body=body)
+    assert envoy.upstream is not None
+    assert gateway.upstream is not None
+    assert envoy.status == gateway.status == 403
+    assert gateway.body == envoy.body == b"blocked by policy"
+    assert gateway.header("x-vsr-response-path") == envoy.header("x-vsr-response-path") == "blocked"
     assert gateway.header("content-type") == envoy.header("content-type")
 
 
@@ -594,7 +622,7 @@ def slow_reply(phase: str) -> Callable[..., Any]:
     return script
 
 
-@pytest.mark.parametrize("phase", ["request_headers", "request_body"])
+@pytest.mark.parametrize("phase", ["request_headers", "request_body", "response_headers"])
 def test_router_timeout_fail_open(proxies: Proxies, phase: str) -> None:
     envoy, gateway = both(proxies, {phase: slow_reply(phase)}, setup="open", headers={"x-client": "1"})
     assert envoy.status == gateway.status == 200
@@ -602,11 +630,12 @@ def test_router_timeout_fail_open(proxies: Proxies, phase: str) -> None:
     assert "x-too-late" not in dict(kept(gateway.upstream.headers))
 
 
-@pytest.mark.parametrize("phase", ["request_headers", "request_body"])
+@pytest.mark.parametrize("phase", ["request_headers", "request_body", "response_headers"])
 def test_router_timeout_fail_closed(proxies: Proxies, phase: str) -> None:
     envoy, gateway = both(proxies, {phase: slow_reply(phase)}, setup="closed")
-    assert envoy.upstream is None
-    assert gateway.upstream is None
+    reached_upstream = phase == "response_headers"
+    assert (envoy.upstream is not None) == reached_upstream
+    assert (gateway.upstream is not None) == reached_upstream
     assert envoy.status == gateway.status == 504
     # As for an unreachable router: Envoy's body is empty, meterway's is a JSON error.
     assert envoy.body == b""
@@ -659,3 +688,4 @@ def test_router_down_fail_closed(proxies: Proxies) -> None:
     assert envoy.body == b""
     error = json.loads(gateway.body)["error"]
     assert error["code"] == "router_unavailable"
+
