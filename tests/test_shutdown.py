@@ -83,6 +83,11 @@ def test_sigterm_drains_slow_stream(tmp_path: Path, slow_backend: OllamaStandIn)
     wait_for_port(ready_port)  # the probe starts after the listeners
     assert httpx.get(f"http://127.0.0.1:{ready_port}/healthz/ready").status_code == 200
 
+    kept_alive = httpx.Client(timeout=10)
+    plain = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    assert kept_alive.post(url, json=plain).status_code == 200
+
     events: list[str] = []
     first_event = threading.Event()
     thread = stream_in_thread(port, events, first_event)
@@ -93,13 +98,17 @@ def test_sigterm_drains_slow_stream(tmp_path: Path, slow_backend: OllamaStandIn)
     while accepts(port) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not accepts(port), "the listener still accepts connections during the drain"
+    refused = kept_alive.post(url, json=plain)
+    assert refused.status_code == 503
+    assert "shutting down" in refused.json()["error"]["message"]
+    assert refused.headers["connection"] == "close"
     thread.join(15)
     assert events[-1] == "data: [DONE]"
     assert gateway.process.wait(15) == 0
 
     conn = sqlite3.connect(tmp_path / "log.db")
-    rows = conn.execute("select outcome, stream, status from requests").fetchall()
-    assert rows == [("ok", 1, 200)]
+    rows = conn.execute("select outcome, stream, status from requests order by started_ms").fetchall()
+    assert rows == [("ok", 0, 200), ("ok", 1, 200), ("gateway_error", None, 503)]
     assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
     log = gateway.log()
     assert "drained in" in log
@@ -121,7 +130,7 @@ def test_drain_timeout_cuts_stream(tmp_path: Path, slow_backend: OllamaStandIn) 
     assert time.monotonic() - started < 15
     assert "drain timed out after 0.5 s" in gateway.log()
     conn = sqlite3.connect(tmp_path / "log.db")
-    assert conn.execute("select count(*) from requests where stream = 1").fetchone()[0] == 1
+    assert conn.execute("select outcome from requests where stream = 1").fetchall() == [("client_disconnected",)]
 
 
 def test_sigkill_keeps_database_intact(tmp_path: Path, slow_backend: OllamaStandIn) -> None:
