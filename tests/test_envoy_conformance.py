@@ -430,6 +430,46 @@ def test_path_rewrite(proxies: Proxies) -> None:
     assert gateway.upstream.path == "/v1/chat/completions?routed=1"
 
 
+def test_header_value_without_raw_value(proxies: Proxies) -> None:
+    # A deliberate difference: Envoy 1.40 reads only raw_value, so a router that fills the
+    # older `value` field sets the header to an empty string. meterway falls back to `value`.
+    option = base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key="x-value-only", value="v"))
+    scripts = {"request_headers": request_headers_reply(pb.HeaderMutation(set_headers=[option]))}
+    envoy, gateway = both(proxies, scripts)
+    assert envoy.status == gateway.status == 200
+    assert dict(kept(envoy.upstream.headers))["x-value-only"] == ""
+    assert dict(kept(gateway.upstream.headers))["x-value-only"] == "v"
+
+
+def test_header_value_and_raw_value(proxies: Proxies) -> None:
+    option = base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key="x-both", value="v", raw_value=b"r"))
+    scripts = {"request_headers": request_headers_reply(pb.HeaderMutation(set_headers=[option]))}
+    envoy, gateway = both(proxies, scripts)
+    assert envoy.status == gateway.status == 200
+    assert_same_upstream(envoy, gateway)
+    assert dict(kept(gateway.upstream.headers))["x-both"] == "r"
+
+
+def test_protected_headers_unchanged(proxies: Proxies) -> None:
+    # Setting x-envoy-* or host, and removing host or a pseudo-header, is ignored by both.
+    scripts = {"request_headers": request_headers_reply(pb.HeaderMutation(
+        set_headers=[set_header("x-envoy-debug", "1"), set_header("host", "elsewhere.example:1")],
+        remove_headers=["host", ":path"]))}
+    envoy, gateway = both(proxies, scripts)
+    assert envoy.status == gateway.status == 200
+    assert_same_upstream(envoy, gateway)
+    assert dict(kept(gateway.upstream.headers))["host"] == proxies.upstream.host_port
+
+
+def test_invalid_header_name_fails(proxies: Proxies) -> None:
+    scripts = {"request_headers": request_headers_reply(pb.HeaderMutation(set_headers=[set_header("bad name", "x")]))}
+    envoy, gateway = both(proxies, scripts)
+    assert envoy.upstream is None
+    assert gateway.upstream is None
+    assert envoy.status == gateway.status == 500
+    assert json.loads(gateway.body)["error"]["code"] == "router_protocol_error"
+
+
 # Cases: body mutations and header mutations in body replies (buffered mode).
 
 
@@ -466,6 +506,27 @@ def test_body_rewrite_without_length(proxies: Proxies) -> None:
     assert gateway.upstream is not None
     assert dict(kept(gateway.upstream.headers))["content-length"] == str(len(gateway.upstream.body))
     assert json.loads(gateway.upstream.body)["model"] == "qwen2.5-coder:7b-instruct"
+
+
+def test_body_replaced_in_header_reply(proxies: Proxies) -> None:
+    # CONTINUE_AND_REPLACE in the header reply replaces the body and skips the body phase.
+    def script(message: pb.ProcessingRequest, state: dict[str, Any]) -> pb.ProcessingResponse:
+        reply = continue_reply("request_headers", pb.HeaderMutation(set_headers=[set_header("content-length", "15")]))
+        reply.request_headers.response.status = pb.CommonResponse.CONTINUE_AND_REPLACE
+        reply.request_headers.response.body_mutation.body = b'{"model":"new"}'
+        return reply
+
+    envoy, gateway = both(proxies, {"request_headers": script})
+    assert envoy.status == gateway.status == 200
+    assert gateway.router_phases == envoy.router_phases == ["request_headers", "response_headers"]
+    assert gateway.upstream.body == envoy.upstream.body == b'{"model":"new"}'
+    # Framing differs and both are valid: Envoy drops content-length for a replaced body and
+    # sends it chunked, while meterway sends the length of the body it holds.
+    envoy_headers = dict(kept(envoy.upstream.headers))
+    gateway_headers = dict(kept(gateway.upstream.headers))
+    assert "content-length" not in envoy_headers
+    assert gateway_headers.pop("content-length") == "15"
+    assert gateway_headers == envoy_headers
 
 
 def test_header_mutation_in_body_reply(proxies: Proxies) -> None:
@@ -688,4 +749,5 @@ def test_router_down_fail_closed(proxies: Proxies) -> None:
     assert envoy.body == b""
     error = json.loads(gateway.body)["error"]
     assert error["code"] == "router_unavailable"
+
 
