@@ -31,7 +31,7 @@ def _with_usage(result: dict, usage: object | None) -> dict:
 
 
 def warm_up(target: Target) -> None:
-    """Send a few plain requests and one stream, and wait for them to finish.
+    """Send 40 plain requests and 2 streams, and wait for them to finish.
 
     The first requests through a fresh gateway load price data and encoders; a time-bounded
     warm-up could leave them in flight into the first measured case.
