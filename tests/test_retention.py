@@ -111,3 +111,43 @@ def test_writer_applies_retention_when_idle(tmp_path: Path) -> None:
     store.stop()
     conn = sqlite3.connect(path)
     assert counts(conn) == (3, 3, 3)
+
+
+def test_metadata_only_stores_no_bodies(tmp_path: Path) -> None:
+    import httpx
+
+    from tests.gateway_process import GatewayProcess, free_port
+    from tests.standins.ollama_api import OllamaStandIn
+
+    backend = OllamaStandIn().start_in_thread()
+    port = free_port()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"""\
+binds:
+- port: {port}
+  listeners:
+  - routes:
+    - backends:
+      - ai: {{name: local, provider: {{openAI: {{}}}}, hostOverride: "127.0.0.1:{backend.port}"}}
+config:
+  readinessAddr: "off"
+  database:
+    url: sqlite://log.db
+meterway:
+  payloads:
+    store: false
+""")
+    try:
+        with GatewayProcess(config, [port]) as gateway:
+            for stream in (False, True):
+                reply = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=10, json={
+                    "model": "m", "stream": stream,
+                    "messages": [{"role": "user", "content": "a very private zanzibar question"}]})
+                assert reply.status_code == 200
+            assert gateway.stop() == 0
+    finally:
+        backend.stop_in_thread()
+    conn = sqlite3.connect(tmp_path / "log.db")
+    assert counts(conn) == (2, 0, 0)
+    assert conn.execute("select sum(input_tokens > 0) from requests").fetchone()[0] == 2
+    assert b"zanzibar" not in (tmp_path / "log.db").read_bytes()
