@@ -2,7 +2,7 @@
 
 On the first signal the gateway closes its listeners, so no new connection is accepted, and
 waits up to `meterway.drainTimeout` seconds for the requests in flight (slow streams
-included) to finish. Then it asks mitmproxy to shut down, which runs every addon's `done`
+included) to finish. Then it calls mitmproxy's shutdown, which runs every addon's `done`
 hook: costlog's writer flushes the queued rows and closes the database. A second signal
 stops at once. A request that arrives on a kept-alive connection during the drain is
 answered 503 with `connection: close`, in the client's API format.
@@ -28,7 +28,7 @@ _LAST_WRITE_GRACE = 0.2
 
 
 class Drain:
-    """Counts the requests in flight and runs the drain when the process is told to stop."""
+    """Counts the requests in flight and runs the drain on SIGTERM or SIGINT."""
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -89,7 +89,7 @@ class Drain:
         if proxyserver is None:
             return
         # mitmproxy calls the `response` hook before it writes the end of the response, so
-        # give the last answers a moment to reach their clients before the sockets close.
+        # give the last responses a moment to reach their clients before the sockets close.
         await asyncio.sleep(_LAST_WRITE_GRACE)
         for handler in list(proxyserver.connections.values()):
             # NOTE: `transports` is mitmproxy's internal map of connection to reader/writer

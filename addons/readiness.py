@@ -1,6 +1,6 @@
 """The readiness addon: `GET /healthz/ready` on `config.readinessAddr`, as agentgateway serves it.
 
-It answers 200 only when every configured listener is accepting connections, the semantic
+It returns 200 only when every configured listener is accepting connections, the semantic
 router's gRPC channel is connected (when the config has a gateway `extProc` policy), and the
 request log's writer thread is running (when the config has a database). Otherwise it answers
 503 with a JSON body that lists what is not ready, so a supervisor or load balancer holds
@@ -149,6 +149,6 @@ class Readiness:
             )
             await writer.drain()
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
-            pass  # a probe that hangs up or sends garbage gets no answer
+            pass  # a probe that hangs up or sends invalid HTTP gets no response
         finally:
             writer.close()

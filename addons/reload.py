@@ -26,7 +26,7 @@ DEFAULT_DEBOUNCE = 0.5
 
 
 def file_identity(path: Path) -> FileIdentity:
-    """Return what tells one version of a file from another, or None when it is missing."""
+    """Return the identity of a file's current version, or None when the file is missing."""
     try:
         stat = os.stat(path)
     except OSError:

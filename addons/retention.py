@@ -3,7 +3,7 @@
 `meterway.retention.days` deletes whole requests (their `requests` row, `payloads` row and
 full-text entry) once they are older than that. `meterway.retention.maxDatabaseBytes` deletes
 bodies (`payloads` rows and full-text entries), oldest first, while the pages in use exceed the
-cap; the `requests` rows stay, so counts, tokens and costs are kept. The hourly rollups are
+cap. The `requests` rows stay, so counts, tokens and costs are kept. The hourly rollups are
 never touched, so the Analytics history outlives both.
 
 The writer thread calls `retention_step` when its queue is empty. Each call deletes at most one
@@ -25,7 +25,7 @@ DEFAULT_BATCH = 200
 
 @dataclass(frozen=True)
 class RetentionPolicy:
-    """What the request log keeps: rows younger than `days`, bodies within `max_bytes`."""
+    """The retention settings: maximum row age in `days`, maximum database size in `max_bytes`."""
 
     days: float | None = None
     max_bytes: int | None = None
@@ -38,7 +38,7 @@ class RetentionPolicy:
 
 @dataclass(frozen=True)
 class RetentionStep:
-    """What one `retention_step` call deleted, and whether more is left to delete."""
+    """The result of one `retention_step` call: rows deleted, and whether more are due."""
 
     requests_deleted: int = 0
     payloads_deleted: int = 0
@@ -111,7 +111,7 @@ def _delete_oldest_bodies(conn: sqlite3.Connection, batch: int) -> int:
 
 
 class RetentionRunner:
-    """Runs retention steps in the writer's idle time, at most once per `interval` when idle."""
+    """Runs retention steps in the writer's idle time, pausing `interval` seconds once no work is left."""
 
     def __init__(self, policy: RetentionPolicy, *, interval: float = 60.0, batch: int = DEFAULT_BATCH) -> None:
         self.policy = policy
