@@ -28,8 +28,8 @@ DEFAULT_READINESS_PORT = 15021
 def parse_readiness_addr(value: Any) -> tuple[str, int] | None:
     """Return (host, port) for `config.readinessAddr`, or None for `off`.
 
-    Unset, and an address without a host (`:15021`), mean 127.0.0.1: the page says which
-    parts of the gateway are down, which is nobody else's business.
+    Unset, and an address without a host (`:15021`), mean 127.0.0.1, because the page lists
+    which parts of the gateway are down and that is for the operator only.
     """
     if value is None:
         return DEFAULT_READINESS_HOST, DEFAULT_READINESS_PORT
