@@ -2,7 +2,8 @@
 
 `RequestStore.submit()` only puts the row on a bounded `queue.Queue`, so it never blocks the
 asyncio loop. The writer thread takes batches off the queue and writes each one in a single
-transaction: `requests`, `payloads`, `requests_fts` and the `rollup_hour` sums. A full queue
+transaction: `requests`, `payloads`, `requests_fts`, the `rollup_hour` sums and their narrow
+summaries `rollup_dimension_hour` and `rollup_latency_hour`. A full queue
 drops rows; a failing database (locked, read-only, disk full, file deleted) makes the writer
 retry a batch for a bounded time, then count it as failed and go on. Neither ever fails a
 request. The tables are described in `addons/store_schema.py`.

@@ -1,8 +1,17 @@
-"""Hourly summary rows (`rollup_hour`) and the latency histograms inside them.
+"""Hourly summary rows (`rollup_hour` and its narrow views) and their latency histograms.
 
 The writer groups each batch of request rows by hour and dimension tuple in Python, then
 adds every group to its `rollup_hour` row with one upsert. The UI reads these rows for large
 time ranges instead of scanning `requests`.
+
+`rollup_hour` has a row per hour and full dimension tuple (about 200 rows an hour on a busy
+gateway), too many to sum over a month within Datasette's 1 s query limit. So the same batch
+also feeds two narrow tables, derived from its `rollup_hour` groups:
+- `rollup_dimension_hour`: per hour, one row per value of each dimension the Analytics page
+  groups by (`SUMMARY_DIMENSIONS`), with the same sums as `rollup_hour`. Each request counts
+  once under every dimension, so the rows of one dimension add up to the hour's totals.
+- `rollup_latency_hour`: per hour, model and provider, the latency histogram as a BLOB
+  (see `addons/store_hist.py`).
 
 `latency_hist` is a JSON array of counts of `duration_ms`, aligned with table
 `latency_buckets`: bucket `i` counts durations in `(upper[i-1], upper[i]]` (bucket 0 starts at
@@ -19,11 +28,19 @@ from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from addons.store_hist import ADD_FUNCTION as HIST_BLOB_ADD
+from addons.store_hist import hist_to_blob, register_hist_functions
+
 HOUR_MS = 3_600_000
 
 # Dimension columns of `rollup_hour`, after `bucket_ms`. NULL is stored as '' so that the
 # composite primary key matches (SQLite treats NULLs in a key as distinct).
 DIMENSIONS = ("provider", "requested_model", "model", "route", "client", "status_class", "outcome")
+
+# Columns of `rollup_hour` that become `rollup_dimension_hour.dimension`, in the order the
+# Analytics page lists them, with their position in a `rollup_hour` key (bucket_ms first).
+SUMMARY_DIMENSIONS = ("model", "provider", "route", "client", "status_class")
+_KEY_POSITION = {name: 1 + DIMENSIONS.index(name) for name in SUMMARY_DIMENSIONS}
 
 SUM_COLUMNS = (
     "requests",
@@ -97,8 +114,9 @@ def _sql_hist_add(stored: str | None, added: str | None) -> str:
 
 
 def register_functions(conn: sqlite3.Connection) -> None:
-    """Register the SQL function the rollup upsert uses to merge histograms."""
+    """Register the SQL functions the rollup upserts use to merge histograms."""
     conn.create_function(HIST_FUNCTION, 2, _sql_hist_add, deterministic=True)
+    register_hist_functions(conn)
 
 
 def percentile_from_hist(
@@ -183,10 +201,45 @@ class RollupBatch:
         """Return one `rollup_hour` value tuple per group, in `upsert_sql()` column order."""
         return [(*key, *sums, hist_to_json(hist)) for key, (sums, hist) in self._groups.items()]
 
-    def upsert(self, conn: sqlite3.Connection) -> None:
-        """Add every group to its `rollup_hour` row; call inside the batch's transaction."""
+    def dimension_values(self) -> list[tuple[Any, ...]]:
+        """Return the `rollup_dimension_hour` value tuples of this batch's groups."""
+        found: dict[tuple[Any, ...], list[float]] = {}
+        for key, (sums, _) in self._groups.items():
+            for name, position in _KEY_POSITION.items():
+                target = found.get((key[0], name, key[position]))
+                if target is None:
+                    found[(key[0], name, key[position])] = list(sums)
+                else:
+                    for i, value in enumerate(sums):
+                        target[i] += value
+        return [(*key, *sums) for key, sums in found.items()]
+
+    def latency_values(self) -> list[tuple[Any, ...]]:
+        """Return the `rollup_latency_hour` value tuples; groups without a duration add none."""
+        found: dict[tuple[Any, ...], list[int]] = {}
+        model_at, provider_at = _KEY_POSITION["model"], _KEY_POSITION["provider"]
+        for key, (_, hist) in self._groups.items():
+            if not any(hist):
+                continue
+            target = found.get((key[0], key[model_at], key[provider_at]))
+            if target is None:
+                found[(key[0], key[model_at], key[provider_at])] = list(hist)
+            else:
+                for i, count in enumerate(hist):
+                    target[i] += count
+        return [(*key, hist_to_blob(hist)) for key, hist in found.items()]
+
+    def upsert(self, conn: sqlite3.Connection, narrow: bool = True) -> None:
+        """Add every group to `rollup_hour` and, unless `narrow` is False, the narrow tables.
+
+        Call inside the batch's transaction. Migration step 2 passes False, because the narrow
+        tables do not exist yet at that step; step 4 fills them from `rollup_hour`.
+        """
         if self._groups:
             conn.executemany(upsert_sql(), self.values())
+            if narrow:
+                conn.executemany(dimension_upsert_sql(), self.dimension_values())
+                conn.executemany(latency_upsert_sql(), self.latency_values())
 
 
 @functools.cache
@@ -200,4 +253,25 @@ def upsert_sql() -> str:
     return (
         f"INSERT INTO rollup_hour ({', '.join(columns)}) VALUES ({placeholders}) "
         f"ON CONFLICT ({', '.join(key_columns)}) DO UPDATE SET {', '.join(updates)}"
+    )
+
+
+@functools.cache
+def dimension_upsert_sql() -> str:
+    """Return the statement that adds one (hour, dimension, value) row's sums."""
+    columns = ("bucket_ms", "dimension", "value", *SUM_COLUMNS)
+    placeholders = ", ".join("?" for _ in columns)
+    updates = ", ".join(f"{name} = {name} + excluded.{name}" for name in SUM_COLUMNS)
+    return (
+        f"INSERT INTO rollup_dimension_hour ({', '.join(columns)}) VALUES ({placeholders}) "
+        f"ON CONFLICT (bucket_ms, dimension, value) DO UPDATE SET {updates}"
+    )
+
+
+def latency_upsert_sql() -> str:
+    """Return the statement that adds one (hour, model, provider) histogram BLOB."""
+    return (
+        "INSERT INTO rollup_latency_hour (bucket_ms, model, provider, latency_hist) "
+        "VALUES (?, ?, ?, ?) ON CONFLICT (bucket_ms, model, provider) "
+        f"DO UPDATE SET latency_hist = {HIST_BLOB_ADD}(latency_hist, excluded.latency_hist)"
     )

@@ -10,6 +10,10 @@ each column):
   (see `addons/store_rollup.py`).
 - `latency_buckets`: `(idx, upper_ms)`, the upper bounds of the `rollup_hour.latency_hist`
   buckets; the last bucket has `upper_ms` NULL and counts everything above the one before it.
+- `rollup_dimension_hour` and `rollup_latency_hour`: narrow summaries of `rollup_hour` that
+  the Analytics page reads for unfiltered views, kept by the writer in the same transaction
+  (see `addons/store_rollup.py`). Both are WITHOUT ROWID tables clustered by `bucket_ms`, so
+  a time range is one contiguous read.
 - `requests_fts`: FTS5 over `prompt` and `answer`; its rowid is the `requests` rowid.
 - `meterway_meta`: `(key, value)`; `schema_version` is the last migration step applied.
 
@@ -22,6 +26,7 @@ new columns must stay nullable or carry a default, or older writers would fail t
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import sqlite3
@@ -29,9 +34,11 @@ from collections.abc import Callable
 
 import sqlite_utils
 
+from addons.store_hist import hist_to_blob
 from addons.store_rollup import (
     DIMENSIONS,
     SUM_COLUMNS,
+    SUMMARY_DIMENSIONS,
     RollupBatch,
     default_latency_bounds,
     register_functions,
@@ -39,7 +46,7 @@ from addons.store_rollup import (
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Column name -> SQLite type, in table order. The names are a contract with the UI and
 # anyone's SQL: add columns here and in docs/DESIGN.md, never rename.
@@ -132,6 +139,11 @@ def _rollup_columns() -> dict[str, type]:
 
 
 ROLLUP_COLUMNS = _rollup_columns()
+DIMENSION_ROLLUP_COLUMNS: dict[str, type] = {
+    "bucket_ms": int, "dimension": str, "value": str,
+    **{name: ROLLUP_COLUMNS[name] for name in SUM_COLUMNS},
+}
+_SQL_TYPES = {int: "INTEGER", float: "REAL", str: "TEXT"}
 
 
 def _create_requests(db: sqlite_utils.Database) -> None:
@@ -180,6 +192,66 @@ def _create_rollup(db: sqlite_utils.Database) -> None:
         db["latency_buckets"].insert_all(rows)
 
 
+def _create_narrow_rollups(db: sqlite_utils.Database) -> None:
+    # Written as SQL because sqlite-utils cannot create WITHOUT ROWID tables.
+    sums = ", ".join(
+        f"{name} {_SQL_TYPES[DIMENSION_ROLLUP_COLUMNS[name]]} NOT NULL DEFAULT 0" for name in SUM_COLUMNS
+    )
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS rollup_dimension_hour (bucket_ms INTEGER NOT NULL, "
+        f"dimension TEXT NOT NULL, value TEXT NOT NULL DEFAULT '', {sums}, "
+        "PRIMARY KEY (bucket_ms, dimension, value)) WITHOUT ROWID"
+    )
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS rollup_latency_hour (bucket_ms INTEGER NOT NULL, "
+        "model TEXT NOT NULL DEFAULT '', provider TEXT NOT NULL DEFAULT '', "
+        "latency_hist BLOB NOT NULL DEFAULT x'', "
+        "PRIMARY KEY (bucket_ms, model, provider)) WITHOUT ROWID"
+    )
+
+
+class _JsonHistToBlob:
+    """SQL aggregate that adds up `rollup_hour.latency_hist` JSON arrays into one BLOB."""
+
+    def __init__(self) -> None:
+        self.total: list[int] = []
+
+    def step(self, value: str | None) -> None:
+        for i, count in enumerate(json.loads(value or "[]")):
+            if i < len(self.total):
+                self.total[i] += count
+            else:
+                self.total.append(count)
+
+    def finalize(self) -> bytes:
+        return hist_to_blob(self.total)
+
+
+def _step_narrow_rollups_with_backfill(db: sqlite_utils.Database) -> None:
+    """Create the narrow summary tables and fill them from `rollup_hour`.
+
+    They are filled from `rollup_hour` rather than `requests`, because retention deletes
+    old requests but never rollups, so only `rollup_hour` still covers the whole history.
+    """
+    _create_narrow_rollups(db)
+    db.execute("DELETE FROM rollup_dimension_hour")
+    db.execute("DELETE FROM rollup_latency_hour")
+    sums = ", ".join(f"sum({name})" for name in SUM_COLUMNS)
+    for name in SUMMARY_DIMENSIONS:
+        db.execute(
+            f"INSERT INTO rollup_dimension_hour (bucket_ms, dimension, value, {', '.join(SUM_COLUMNS)}) "
+            f"SELECT bucket_ms, ?, {name}, {sums} FROM rollup_hour GROUP BY bucket_ms, {name}",
+            [name],
+        )
+    db.conn.create_aggregate("meterway_migrate_hist_to_blob", 1, _JsonHistToBlob)
+    # Groups whose histograms are all empty ('[]') get no row, as in the writer.
+    db.execute(
+        "INSERT INTO rollup_latency_hour (bucket_ms, model, provider, latency_hist) "
+        "SELECT bucket_ms, model, provider, meterway_migrate_hist_to_blob(latency_hist) "
+        "FROM rollup_hour GROUP BY bucket_ms, model, provider HAVING max(latency_hist <> '[]')"
+    )
+
+
 def _step_requests_and_payloads(db: sqlite_utils.Database) -> None:
     _create_requests(db)
     _create_request_indexes(db)
@@ -196,7 +268,7 @@ def _step_rollup_with_backfill(db: sqlite_utils.Database) -> None:
     while chunk := cursor.fetchmany(5000):
         for values in chunk:
             batch.add(dict(zip(names, values)))
-        batch.upsert(db.conn)
+        batch.upsert(db.conn, narrow=False)
         batch = RollupBatch(bounds)
 
 
@@ -211,6 +283,7 @@ MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     1: _step_requests_and_payloads,
     2: _step_rollup_with_backfill,
     3: _step_fts,
+    4: _step_narrow_rollups_with_backfill,
 }
 
 
@@ -219,12 +292,14 @@ def _ensure_additive(db: sqlite_utils.Database) -> None:
     _create_requests(db)
     _create_payloads(db)
     _create_rollup(db)
+    _create_narrow_rollups(db)
     _step_fts(db)
     db["meterway_meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
     for table, columns in (
         ("requests", REQUEST_COLUMNS),
         ("payloads", PAYLOAD_COLUMNS),
         ("rollup_hour", ROLLUP_COLUMNS),
+        ("rollup_dimension_hour", DIMENSION_ROLLUP_COLUMNS),
     ):
         present = set(db[table].columns_dict)
         for name, col_type in columns.items():

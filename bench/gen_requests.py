@@ -3,8 +3,8 @@
     python -m bench.gen_requests DB --rows 1000000 --days 30
 
 Rows go through the writer's own code (`prepare()`, `write_batch()`), in batches of 20,000
-rather than the writer thread's 500, so `requests`, `payloads`, `requests_fts` and
-`rollup_hour` come out as the gateway would have written them. The traffic model lives in `bench/traffic_model.py`. The same seed gives the
+rather than the writer thread's 500, so `requests`, `payloads`, `requests_fts`, `rollup_hour`
+and its narrow summaries come out as the gateway would have written them. The traffic model lives in `bench/traffic_model.py`. The same seed gives the
 same rows, except for the ids' random part and the end of the time range, which is now.
 """
 

@@ -27,7 +27,8 @@ from addons.store import (
     percentile_from_hist,
     status_class,
 )
-from addons.store_rollup import DIMENSIONS, SUM_COLUMNS, RollupBatch
+from addons.store_hist import HistBlobSum, add_hist_blobs, hist_from_blob, hist_to_blob
+from addons.store_rollup import DIMENSIONS, SUM_COLUMNS, SUMMARY_DIMENSIONS, RollupBatch
 from addons.store_schema import REQUEST_COLUMNS, SCHEMA_VERSION, ensure_schema
 from addons.store_write import prepare, write_batch
 from bench import gen_requests
@@ -100,8 +101,10 @@ def test_schema_created(db_path: Path) -> None:
         assert table in tables
     assert columns == ["rowid", *REQUEST_COLUMNS]
     assert indexes["idx_requests_id"] == 1
-    for name in ("idx_requests_started_ms", "idx_requests_started_provider", "idx_requests_replay_of"):
+    for name in ("idx_requests_started_ms", "idx_requests_started_provider", "idx_requests_replay_of",
+                 "idx_requests_cost_usd", "idx_requests_duration_ms"):
         assert name in indexes
+    assert {"rollup_dimension_hour", "rollup_latency_hour"} <= tables
     assert [upper for _, upper in buckets[:-1]] == latency_bounds()
     assert buckets[-1][1] is None
     assert version == (str(SCHEMA_VERSION),)
@@ -334,7 +337,53 @@ def assert_rollup_matches_requests(path: Path) -> int:
             assert got[name] == pytest.approx(want[name], rel=1e-9, abs=1e-9), (key, name)
         stored = json.loads(got["latency_hist"])
         assert {i: c for i, c in enumerate(stored) if c} == hists.get(key, {}), key
+    assert_narrow_match_rollup(path)
     return len(expected)
+
+
+def assert_narrow_match_rollup(path: Path) -> None:
+    """Check both narrow tables against `rollup_hour` and, independently, against `requests`."""
+    conn = sqlite3.connect(path)
+    sums = ", ".join(f"total({name})" for name in SUM_COLUMNS)
+    narrow_latency = {(b, m, p): hist_from_blob(blob).tolist() for b, m, p, blob in
+                      conn.execute("SELECT bucket_ms, model, provider, latency_hist FROM rollup_latency_hour")}
+    expected_latency: dict[tuple[Any, ...], list[int]] = {}
+    for bucket, model, provider, hist in conn.execute(
+            "SELECT bucket_ms, model, provider, latency_hist FROM rollup_hour"):
+        total = expected_latency.setdefault((bucket, model, provider), [])
+        for i, count in enumerate(json.loads(hist)):
+            total.extend([0] * (i + 1 - len(total)))
+            total[i] += count
+    expected_latency = {key: hist for key, hist in expected_latency.items() if any(hist)}
+    # Independently of rollup_hour: durations per hour, model and provider straight from requests.
+    raw_counts = dict(((b, m, p), n) for b, m, p, n in conn.execute(
+        "SELECT started_ms - started_ms % 3600000, coalesce(routed_model, requested_model, ''), "
+        "coalesce(provider, ''), count(duration_ms) FROM requests GROUP BY 1, 2, 3"))
+    by_dimension = {name: {(b, v): rest for b, v, *rest in conn.execute(
+        f"SELECT bucket_ms, value, {sums} FROM rollup_dimension_hour WHERE dimension = ? "
+        "GROUP BY bucket_ms, value", [name])} for name in SUMMARY_DIMENSIONS}
+    from_rollup = {name: {(b, v): rest for b, v, *rest in conn.execute(
+        f"SELECT bucket_ms, {name}, {sums} FROM rollup_hour GROUP BY bucket_ms, {name}")}
+        for name in SUMMARY_DIMENSIONS}
+    hourly_requests = dict(conn.execute(
+        "SELECT started_ms - started_ms % 3600000, count(*) FROM requests GROUP BY 1"))
+    dimensions = {d for (d,) in conn.execute("SELECT DISTINCT dimension FROM rollup_dimension_hour")}
+    conn.close()
+
+    assert narrow_latency.keys() == expected_latency.keys()
+    for key, hist in expected_latency.items():
+        assert narrow_latency[key] == hist, key
+        assert sum(hist) == raw_counts[key], key
+    assert dimensions <= set(SUMMARY_DIMENSIONS)
+    for name in SUMMARY_DIMENSIONS:
+        assert by_dimension[name].keys() == from_rollup[name].keys(), name
+        for key, want in from_rollup[name].items():
+            assert by_dimension[name][key] == pytest.approx(want, rel=1e-9, abs=1e-9), (name, key)
+        # Every request counts once under each dimension, so each adds up to the hour's requests.
+        per_hour: dict[int, float] = {}
+        for (bucket, _), values in by_dimension[name].items():
+            per_hour[bucket] = per_hour.get(bucket, 0) + values[0]
+        assert per_hour == hourly_requests, name
 
 
 def test_rollup_matches_sql_aggregates(db_path: Path) -> None:
@@ -384,6 +433,68 @@ def test_generator_rollup_equals_writer(tmp_path: Path) -> None:
         assert left[-1] == right[-1]
     assert fts_counts[0] == fts_counts[1]
     assert assert_rollup_matches_requests(bulk_path) == len(from_bulk)
+    dimension_query = "SELECT * FROM rollup_dimension_hour ORDER BY bucket_ms, dimension, value"
+    latency_query = "SELECT * FROM rollup_latency_hour ORDER BY bucket_ms, model, provider"
+    with sqlite3.connect(tmp_path / "writer.db") as a, sqlite3.connect(bulk_path) as b:
+        dimension_rows = (a.execute(dimension_query).fetchall(), b.execute(dimension_query).fetchall())
+        latency_rows = (a.execute(latency_query).fetchall(), b.execute(latency_query).fetchall())
+    assert len(dimension_rows[0]) == len(dimension_rows[1]) > 0
+    for left, right in zip(*dimension_rows):
+        assert left[:3] == right[:3]
+        assert left[3:] == pytest.approx(right[3:], rel=1e-9)
+    assert latency_rows[0] == latency_rows[1]
+    assert len(latency_rows[0]) > 0
+
+
+def test_migration_backfills_narrow_tables(db_path: Path) -> None:
+    """A version-3 file gets narrow tables equal to what the writer would have kept."""
+    store = RequestStore(db_path, batch_max=97, flush_interval=0.01)
+    store.start()
+    for row in random_rows(random.Random(4), 600):
+        store.submit(row)
+    store.stop()
+    query = ("SELECT * FROM rollup_dimension_hour ORDER BY bucket_ms, dimension, value",
+             "SELECT * FROM rollup_latency_hour ORDER BY bucket_ms, model, provider")
+    with sqlite3.connect(db_path) as conn:
+        kept = [conn.execute(q).fetchall() for q in query]
+        # Turn the file back into what schema version 3 wrote.
+        conn.execute("DROP TABLE rollup_dimension_hour")
+        conn.execute("DROP TABLE rollup_latency_hour")
+        conn.execute("UPDATE meterway_meta SET value = '3' WHERE key = 'schema_version'")
+
+    open_for_writing(db_path).close()
+    with sqlite3.connect(db_path) as conn:
+        backfilled = [conn.execute(q).fetchall() for q in query]
+        version = conn.execute("SELECT value FROM meterway_meta WHERE key = 'schema_version'").fetchone()[0]
+    assert version == str(SCHEMA_VERSION)
+    assert len(backfilled[0]) == len(kept[0]) > 100
+    for left, right in zip(kept[0], backfilled[0]):
+        assert left[:3] == right[:3]
+        assert left[3:] == pytest.approx(right[3:], rel=1e-9, abs=1e-9)
+    assert backfilled[1] == kept[1]
+    assert_narrow_match_rollup(db_path)
+
+
+def test_hist_blob_round_trip_and_sum() -> None:
+    hist = [0, 3, 0, 70_000, 2**31, 0, 0]
+    blob = hist_to_blob(hist)
+    assert len(blob) == 5 * 4  # trailing zero buckets are left out
+    assert blob[4:8] == (3).to_bytes(4, "little")
+    assert hist_from_blob(blob).tolist() == hist[:5]
+    assert hist_from_blob(None).tolist() == []
+    assert hist_to_blob([0, 0]) == b""
+    assert hist_from_blob(add_hist_blobs(blob, hist_to_blob([1, 1, 1, 1, 1, 1]))).tolist() == [1, 4, 1, 70_001, 2**31 + 1, 1]
+    with pytest.raises(ValueError, match="7 bytes"):
+        hist_from_blob(b"\x00" * 7)
+
+    conn = sqlite3.connect(":memory:")
+    conn.create_aggregate("hist_sum", 1, HistBlobSum)
+    conn.execute("CREATE TABLE t (h BLOB)")
+    conn.executemany("INSERT INTO t VALUES (?)", [(hist_to_blob([1, 2]),), (None,), (hist_to_blob([0, 0, 5]),)])
+    assert json.loads(conn.execute("SELECT hist_sum(h) FROM t").fetchone()[0]) == [1, 2, 5]
+    assert conn.execute("SELECT hist_sum(h) FROM t WHERE h IS NULL").fetchone()[0] == "[]"
+    # Python's sqlite3 returns NULL for an aggregate over no rows without calling finalize.
+    assert conn.execute("SELECT hist_sum(h) FROM t WHERE 0").fetchone()[0] is None
 
 
 def test_generator_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
