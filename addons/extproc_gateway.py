@@ -15,6 +15,7 @@ from typing import Any
 from mitmproxy import ctx, http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
+from addons import record as flowrecord
 from addons.extproc import ExtProcClient, ExtProcSession, ProcessingOptions
 
 logger = logging.getLogger(__name__)
@@ -188,11 +189,54 @@ class RouterCalls:
                 flow.response.headers.add(name, value)
 
     async def finish(self, flow: http.HTTPFlow) -> None:
-        """Close the flow's ext_proc stream, if it has one, after restoring a router's replacement body."""
-        body = self._replacements.pop(flow, None)
-        if body is not None and flow.response is not None:
+        """Finish the flow's ext_proc exchange: send a buffered response body to the router, then close the stream.
+
+        A router's replacement body from the response-headers phase is restored first.
+        Called from the `response` and `error` hooks.
+        """
+        replaced_body = self._replacements.pop(flow, None)
+        if replaced_body is not None and flow.response is not None:
             # mitmproxy stored the upstream body into the replacement response meanwhile.
-            flow.response.raw_content = body
+            flow.response.raw_content = replaced_body
         session = self._sessions.pop(flow, None)
-        if session is not None:
+        if session is None:
+            return
+        try:
+            response = flow.response
+            # A streamed response has already gone to the client, so only a body that
+            # mitmproxy buffered can still be sent to the router and changed.
+            if replaced_body is None and flow.error is None and response is not None and not response.stream:
+                await self._response_body(flow, session, response)
+        finally:
             await session.close()
+
+    async def _response_body(self, flow: http.HTTPFlow, session: ExtProcSession, response: http.Response) -> None:
+        body = response.raw_content or b""
+        if not body or session.response_mode.body == "none":
+            # Envoy sends no body message for a response without a body either.
+            return
+        headers = [(name.lower(), value) for name, value in response.headers.items(multi=True)]
+        decision = await session.response_body(body, headers)
+        rec = flowrecord.get(flow)
+        if decision.error:
+            logger.warning("flow %s: semantic router %s on the response body: %s",
+                           flow.id, decision.outcome, decision.error)
+        if decision.immediate is not None:
+            imm = decision.immediate
+            flow.response = http.Response.make(imm.status, imm.body, [(k.encode(), v.encode()) for k, v in imm.headers])
+            if rec is not None:
+                rec["router_outcome"] = decision.outcome
+                rec["outcome"] = "router_response" if decision.outcome == "immediate_response" else "gateway_error"
+                if decision.error:
+                    rec["router_error"] = decision.error
+                    rec["error"] = decision.error
+            return
+        if decision.outcome != "ok":
+            return
+        if decision.headers is not None:
+            response.headers.clear()
+            for name, value in decision.headers:
+                if not name.startswith(":"):
+                    response.headers.add(name, value)
+        if decision.body is not None:
+            response.raw_content = decision.body
