@@ -588,6 +588,46 @@ def test_response_status_mutation(proxies: Proxies) -> None:
     assert gateway.body == envoy.body
 
 
+def buffer_response_body(message: pb.ProcessingRequest, state: dict[str, Any]) -> pb.ProcessingResponse:
+    """Reply to the response headers by switching the response body to BUFFERED mode."""
+    reply = continue_reply("response_headers")
+    reply.mode_override.response_body_mode = processing_mode_pb2.ProcessingMode.BUFFERED
+    return reply
+
+
+def test_response_body_rewrite(proxies: Proxies) -> None:
+    new_body = b'{"rewritten": true}'
+
+    def script(message: pb.ProcessingRequest, state: dict[str, Any]) -> pb.ProcessingResponse:
+        state["seen"] = message.response_body.body
+        mutation = pb.HeaderMutation(set_headers=[set_header("x-vsr-cache", "stored")], remove_headers=["content-length"])
+        mutation.set_headers.append(set_header("content-length", str(len(new_body))))
+        return continue_reply("response_body", mutation, new_body)
+
+    scripts = {"response_headers": buffer_response_body, "response_body": script}
+    envoy, gateway = both(proxies, scripts)
+    assert gateway.router_phases == envoy.router_phases == [
+        "request_headers", "request_body", "response_headers", "response_body"]
+    assert gateway.router_messages[3].response_body == envoy.router_messages[3].response_body
+    assert envoy.status == gateway.status == 200
+    assert gateway.body == envoy.body == new_body
+    assert gateway.header("x-vsr-cache") == envoy.header("x-vsr-cache") == "stored"
+    assert gateway.header("content-length") == envoy.header("content-length") == str(len(new_body))
+
+
+def test_immediate_response_to_response_body(proxies: Proxies) -> None:
+    def script(message: pb.ProcessingRequest, state: dict[str, Any]) -> pb.ProcessingResponse:
+        reply = pb.ProcessingResponse()
+        reply.immediate_response.status.code = 451
+        reply.immediate_response.body = b"withheld"
+        return reply
+
+    envoy, gateway = both(proxies, {"response_headers": buffer_response_body, "response_body": script})
+    assert envoy.status == gateway.status == 451
+    assert gateway.body == envoy.body == b"withheld"
+    assert gateway.header("content-type") == envoy.header("content-type")
+
+
 # Cases: the router answers itself.
 
 
@@ -710,6 +750,19 @@ def test_router_closes_stream_early(proxies: Proxies) -> None:
     assert_same_upstream(envoy, gateway)
 
 
+@pytest.mark.parametrize("setup, status", [("open", 200), ("closed", 504)])
+def test_router_timeout_response_body(proxies: Proxies, setup: str, status: int) -> None:
+    scripts = {"response_headers": buffer_response_body, "response_body": slow_reply("response_body")}
+    envoy, gateway = both(proxies, scripts, setup=setup)
+    assert envoy.status == gateway.status == status
+    if status == 200:
+        assert gateway.body == envoy.body
+        assert json.loads(gateway.body)["id"] == "echo-1"
+    else:
+        assert envoy.body == b""
+        assert json.loads(gateway.body)["error"]["code"] == "router_timeout"
+
+
 # Cases: the router is down. They come last because both proxies need a moment to reconnect
 # after the router is back; `router_down` waits for that, but later cases need not.
 
@@ -749,5 +802,4 @@ def test_router_down_fail_closed(proxies: Proxies) -> None:
     assert envoy.body == b""
     error = json.loads(gateway.body)["error"]
     assert error["code"] == "router_unavailable"
-
 
