@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import weakref
 from pathlib import Path
 from typing import Any, Callable
@@ -17,6 +18,7 @@ from mitmproxy import http
 
 from addons import record as flowrecord
 from addons.config import Config
+from addons import tokens
 from addons.anthropic_translate import MessagesStreamToChat, error_to_openai, messages_to_chat
 from addons.conversation import prompt_text
 from addons.logrow import StoredBody, base_row, flow_blob, request_json, response_json
@@ -66,6 +68,10 @@ class CostLog:
             self.store = RequestStore(path, retention=retention)
             self.store.start()
             logger.info("request log: %s", path)
+
+    def running(self) -> None:
+        # Off the event loop: building the tiktoken encodings takes seconds of CPU.
+        threading.Thread(target=tokens.preload, name="tiktoken-preload", daemon=True).start()
 
     def done(self) -> None:
         if self.store is not None:
@@ -197,8 +203,8 @@ class CostLog:
                 "response_bytes": response_body.original_size if response_body else None,
                 "truncated": int(client_body.truncated or bool(response_body and response_body.truncated)),
                 "body_flags": sorted(set(client_body.flags + (response_body.flags if response_body else []))) or None,
-                "flow": flow_blob(flow, flowrecord.client_request(flow), bytes(tap.kept) if tap else None,
-                                  self.redactor),
+                "flow": flow_blob(flow, flow.metadata.get(flowrecord.CLIENT_REQUEST_KEY),
+                                  bytes(tap.kept) if tap else None, self.redactor),
             }
         fts = (prompt_text(_json(client_body.decoded)), tracker.text) if payload is not None else None
         return row, payload, fts

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import io
 import json
 from typing import Any
 
-from mitmproxy import http, io as mitmio
+from mitmproxy import http
+from mitmproxy.io import tnetstring
 
 from addons import record as flowrecord
 from addons.auth import CREDENTIAL_HEADERS, CREDENTIAL_QUERY, REDACTED
@@ -74,30 +74,39 @@ def response_json(response: http.Response, body: StoredBody) -> str:
     }, ensure_ascii=False)
 
 
-def flow_blob(flow: http.HTTPFlow, client_request: http.Request | None, response_body: bytes | None,
+_CREDENTIAL_NAMES = frozenset(name.encode() for name in CREDENTIAL_HEADERS)
+
+
+def _redacted_header_state(fields: Any) -> tuple[tuple[bytes, bytes], ...]:
+    return tuple(
+        (name, REDACTED.encode()) if name.lower() in _CREDENTIAL_NAMES else (name, value)
+        for name, value in fields
+    )
+
+
+def flow_blob(flow: http.HTTPFlow, client_state: dict[str, Any] | None, response_body: bytes | None,
               redactor: Redactor) -> bytes:
-    """Serialise the flow in the client's form, redacted, as mitmproxy's flow file format."""
-    copy = flow.copy()
-    if client_request is not None:
-        copy.request = client_request
-    for name in CREDENTIAL_HEADERS:
-        if name in copy.request.headers:
-            copy.request.headers[name] = REDACTED
-    for name in CREDENTIAL_QUERY:
-        if name in copy.request.query:
-            copy.request.query[name] = REDACTED
-    if copy.response is not None:
-        if copy.response.raw_content is None and response_body is not None:
-            copy.response.headers.pop("content-encoding", None)
-            copy.response.raw_content = response_body
-        for name in CREDENTIAL_HEADERS:
-            if name in copy.response.headers:
-                copy.response.headers[name] = REDACTED
-    rec = dict(flowrecord.get(flow) or {})
-    copy.metadata = {flowrecord.RECORD_KEY: rec}
-    buffer = io.BytesIO()
-    mitmio.FlowWriter(buffer).add(copy)
-    return redactor.bytes(buffer.getvalue()) or b""
+    """Serialise the flow in the client's form, redacted, as mitmproxy's flow file format.
+
+    Works on one `get_state()` dict instead of `flow.copy()` plus `FlowWriter`, which took
+    three times as long per request (measured with bench/profiled.py). Credentials in a query
+    string were already redacted when the request arrived, before the client snapshot.
+    """
+    state = flow.get_state()
+    state["backup"] = None
+    if client_state is not None:
+        state["request"] = dict(client_state)
+    state["request"]["headers"] = _redacted_header_state(state["request"]["headers"])
+    response = state.get("response")
+    if response is not None:
+        response = state["response"] = dict(response)
+        headers = response["headers"]
+        if response.get("content") is None and response_body is not None:
+            headers = tuple((n, v) for n, v in headers if n.lower() != b"content-encoding")
+            response["content"] = response_body
+        response["headers"] = _redacted_header_state(headers)
+    state["metadata"] = {flowrecord.RECORD_KEY: dict(flowrecord.get(flow) or {})}
+    return redactor.bytes(tnetstring.dumps(state)) or b""
 
 
 ROW_KEYS = (

@@ -62,6 +62,20 @@ def get_encoding(name: str) -> tiktoken.Encoding:
         return encoding
 
 
+def preload() -> None:
+    """Load both encodings now; the gateway calls this from a thread at start.
+
+    Building an encoding takes seconds of CPU, and the first estimate would otherwise pay it on
+    the event loop and stall every flow for that long.
+    """
+    for name in ("o200k_base", "cl100k_base"):
+        try:
+            get_encoding(name)
+        except EncodingDataError as error:
+            logger.warning("token counting is unavailable: %s", error)
+            return
+
+
 def count(text: str, model: str | None = None) -> int:
     """Count the tokens of `text` as `model` would see it (o200k_base when unknown).
 

@@ -31,7 +31,7 @@ from addons.usage_model import (
     openai_embeddings_usage,
     openai_responses_usage,
 )
-from addons.usage_text import ReplyText, request_text
+from addons.usage_text import CHARS_PER_TOKEN, ReplyText, request_text
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +122,8 @@ class UsageTracker:
         input_tokens = tokens.count(request_text(request_obj), model)
         output_tokens = 0 if self.api == "embeddings" else tokens.count(
             self.reply.count_text(), model)
+        # NOTE: text past the kept limit is counted by its length, an estimate of an estimate.
+        output_tokens += self.reply.dropped_chars // CHARS_PER_TOKEN
         return Usage(input_tokens=input_tokens, output_tokens=output_tokens, source="estimated",
                      response_model=self.response_model)
 

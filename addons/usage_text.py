@@ -46,19 +46,36 @@ def _walk(value: Any, parts: list[str], key: str | None) -> None:
                 _walk(item, parts, child_key)
 
 
+# Output text kept per reply. Beyond it only the character count grows, so a 100 MB stream
+# does not grow the gateway's memory with it.
+MAX_TEXT_CHARS = 1_000_000
+# Characters per token assumed for text past MAX_TEXT_CHARS (an estimate for English prose).
+CHARS_PER_TOKEN = 4
+
+
 class ReplyText:
     """Output text and tool calls gathered from whole bodies and stream events."""
 
     def __init__(self) -> None:
         self._text: list[str] = []
+        self._kept_chars = 0
+        self.dropped_chars = 0
         # Tool calls by a key that stays stable across stream events: name and argument parts.
         self._tools: dict[str, tuple[list[str], list[str]]] = {}
         self._order: list[str] = []
 
     def add_text(self, text: Any) -> None:
         """Append output text; ignore anything that is not a non-empty string."""
-        if isinstance(text, str) and text:
-            self._text.append(text)
+        if not isinstance(text, str) or not text:
+            return
+        room = MAX_TEXT_CHARS - self._kept_chars
+        if room <= 0:
+            self.dropped_chars += len(text)
+            return
+        kept = text[:room]
+        self._text.append(kept)
+        self._kept_chars += len(kept)
+        self.dropped_chars += len(text) - len(kept)
 
     def add_tool(self, key: str, name: Any = None, arguments: Any = None) -> None:
         """Add a tool call's name or a piece of its arguments under a stable key."""
@@ -75,7 +92,7 @@ class ReplyText:
 
     @property
     def text(self) -> str:
-        """All output text in arrival order."""
+        """The output text in arrival order, up to MAX_TEXT_CHARS characters."""
         return "".join(self._text)
 
     @property
