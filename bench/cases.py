@@ -30,14 +30,14 @@ def _with_usage(result: dict, usage: object | None) -> dict:
     return result
 
 
-def warm_up(target: Target) -> None:
-    """Send 40 plain requests and 2 streams, and wait for them to finish.
+def warm_up(target: Target, requests: int = 40) -> None:
+    """Send `requests` plain requests and 2 streams, and wait for them to finish.
 
     The first requests through a fresh gateway load price data and encoders; a time-bounded
     warm-up could leave them in flight into the first measured case.
     """
     run_json([sys.executable, "-m", "bench.client", "plain", "--url", target.url, "--concurrency", "2",
-              "--duration", "30", "--max-requests", "40"], timeout=60)
+              "--duration", "30", "--max-requests", str(requests)], timeout=60)
     run_json([sys.executable, "-m", "bench.client", "streams", "--url", target.url, "--streams", "2"], timeout=60)
 
 

@@ -26,6 +26,14 @@ wrk.body = %(body)s
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer %(key)s"
 
+-- A safety bound on the count besides wrk's duration. NOTE: a thread that stops early still
+-- reports the full duration, so run_wrk marks a capped result instead of trusting its rate.
+local responses = 0
+response = function(status, headers, body)
+  responses = responses + 1
+  if responses >= %(max_requests)d then wrk.thread:stop() end
+end
+
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -46,12 +54,18 @@ def _lua_string(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def run_wrk(url: str, concurrency: int, duration: float, model: str = "gpt-4o-mini") -> dict:
-    """Run wrk for `duration` seconds with `concurrency` connections on one thread."""
+def run_wrk(url: str, concurrency: int, duration: float, model: str = "gpt-4o-mini",
+            max_requests: int | None = None) -> dict:
+    """Run wrk for `duration` seconds with `concurrency` connections on one thread.
+
+    `max_requests` (default 50,000 per second of duration, beyond any target here) stops it
+    early as a safety bound; the result then has `capped` set.
+    """
     check_loopback(url)
+    max_requests = max_requests or int(duration * 50_000)
     body = json.dumps(chat_body(model, stream=False))
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(_LUA % {"body": _lua_string(body), "key": CLIENT_KEY})
+        script.write(_LUA % {"body": _lua_string(body), "key": CLIENT_KEY, "max_requests": max_requests})
     seconds = max(1, round(duration))
     command = [wrk_path() or "wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "10s",
                "-s", script.name, url + CHAT_PATH]
@@ -67,7 +81,7 @@ def run_wrk(url: str, concurrency: int, duration: float, model: str = "gpt-4o-mi
     good = max(0, raw["requests"] - raw["status_errors"])
     elapsed = raw["duration_us"] / 1e6
     return {"tool": "wrk", "requests": good, "errors": errors, "seconds": elapsed,
-            "rps": good / elapsed if elapsed else 0.0,
+            "rps": good / elapsed if elapsed else 0.0, "capped": raw["requests"] >= max_requests,
             "p50_ms": raw["p50_us"] / 1000, "p99_ms": raw["p99_us"] / 1000}
 
 

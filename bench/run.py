@@ -88,7 +88,7 @@ def measure_target(name: str, procs: Processes, upstream: str, router: str | Non
         return {**entry, "status": f"failed to start: {str(error)[:400]}"}
     entry["startup_s"] = time.monotonic() - began
     try:
-        cases.warm_up(target)
+        cases.warm_up(target, settings.warmup_requests)
         if not target.streams_only:
             entry["plain"] = cases.measure_plain(target, settings)
         entry["streams"] = cases.measure_streams(target, settings)

@@ -25,6 +25,7 @@ class Settings:
     store_seconds: float = 5.0
     profile_seconds: float = 8.0
     load_client: str = "auto"
+    warmup_requests: int = 40
     docs: str | None = "docs/benchmarks.md"
     json_out: str | None = None
     preset: str = "full"
@@ -58,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     elif args.smoke:
         settings = Settings(targets=("direct", "meterway"), parts=("load", "store"), duration=1.0,
                             concurrencies=(1, 10), stream_counts=(5,), stream_modes=("fast",), chunks=20,
-                            store_seconds=0.5, docs=None, preset="smoke")
+                            store_seconds=0.5, warmup_requests=10, docs=None, preset="smoke")
     if args.targets:
         settings.targets = _pick(args.targets, ALL_TARGETS, "target")
     if args.parts:
