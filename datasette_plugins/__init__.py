@@ -13,7 +13,7 @@ from datasette.plugins import pm
 
 SUBMODULES = (
     "analytics_page", "request_page", "cells", "metadata", "mitm_export", "navigation",
-    "password", "range_cache", "warmup",
+    "password", "range_cache", "narrow_reads", "warmup",
 )
 
 for _name in SUBMODULES:

@@ -1,9 +1,12 @@
-"""Compute what the Analytics page shows, from `rollup_hour` or, for short ranges, `requests`.
+"""Compute what the Analytics page shows, from the summary tables or, for short ranges, `requests`.
 
-Both sources produce the same per-bucket groups (dimension tuple, sums, latency histogram),
-so totals, series, breakdowns, filter menus and percentiles come from one Python pass. Only
-the most-expensive and slowest lists read `requests` for long ranges, one bucket at a time,
-bounded by the `started_ms` index and a LIMIT.
+Every source is reduced to the same shape (sums per chart bucket and group value, the values
+of each filter menu, a latency histogram per model), so totals, series, breakdowns and
+percentiles come from one Python pass. Unfiltered long ranges read the narrow summary tables
+(`narrow_reads.py`). Filtered ones need the full dimension tuples of `rollup_hour`, so they
+read it one bucket at a time through the cache in `range_cache.py`. The most-expensive and slowest lists
+read `requests`: by walking the cost and duration indexes for unfiltered long ranges, else
+one bucket at a time, bounded by the `started_ms` index and a LIMIT.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from datasette.database import Database
 
 from addons.store_rollup import percentile_from_hist
 
-from .range_cache import SUMMED, Group, bucket_groups, sum_hists, top_requests
+from . import narrow_reads
+from .range_cache import SUMMED, TOP_COLUMNS, Group, bucket_groups, sum_hists, top_requests
 from .time_range import TimeRange
 
 # Group-by name -> (summary column, the same value computed from a `requests` row).
@@ -127,52 +131,101 @@ def _percentiles(hist: list[int], bounds: list[float]) -> tuple[float | None, ..
     return tuple(percentile_from_hist(hist, q, bounds) for q in (0.5, 0.95, 0.99))
 
 
-async def load_analytics(db: Database, query: Query) -> Analytics:
-    """Read the range's per-bucket groups and top requests, and shape them for the template."""
+@dataclass
+class _Collected:
+    """Sums per (chart bucket, group value), filter menu values and per-model histograms."""
+
+    rows: list[tuple[int, str, list[float]]] = field(default_factory=list)
+    options: dict[str, set[str]] = field(default_factory=lambda: {name: set() for name in DIMENSIONS})
+    hists: dict[str, list[int]] = field(default_factory=dict)
+
+
+def _collect_groups(bucket_list: list[tuple[int, list[Group]]], query: Query) -> _Collected:
+    """Apply the filters to full dimension tuples from `rollup_hour` or `requests`."""
+    collected = _Collected()
+    group_index = list(DIMENSIONS).index(query.group)
+    hist_parts: dict[str, list[list[int]]] = defaultdict(list)
+    for bucket, groups in bucket_list:
+        for dims, sums, hist in groups:
+            # The filter menus list every value in the range, so they ignore the filters.
+            for name, value in zip(DIMENSIONS, dims):
+                collected.options[name].add(value)
+            if _matches(dims, query.filters):
+                collected.rows.append((bucket, dims[group_index], sums))
+                hist_parts[dims[0]].append(hist)
+    collected.hists = {model: sum_hists(parts) for model, parts in hist_parts.items()}
+    return collected
+
+
+async def _collect_narrow(db: Database, tr: TimeRange, query: Query) -> _Collected:
+    """Read an unfiltered view from the narrow summary tables."""
+    collected = _Collected()
+    collected.rows = await narrow_reads.dimension_sums(db, tr, DIMENSIONS[query.group][0], SUMMED)
+    values = await narrow_reads.dimension_values(db, tr.start_ms, tr.end_ms)
+    for name, (column, _) in DIMENSIONS.items():
+        collected.options[name] = values.get(column, set())
+    latency = await narrow_reads.model_latency(db, tr.start_ms, tr.end_ms)
+    # Models without a single duration still get a (blank) latency row, as from rollup_hour.
+    collected.hists = {model: latency.get(model, []) for model in collected.options["model"]}
+    collected.hists.update(latency)
+    return collected
+
+
+async def _top_lists(db: Database, query: Query, narrow: bool) -> list[list[dict[str, Any]]]:
     tr = query.time_range
-    bounds = await _bounds(db)
-    where, params = _where(query)
+    if narrow:
+        return [await narrow_reads.top_by_index(db, tr.start_ms, tr.end_ms, order, TOP_COLUMNS,
+                                                TOP_LIMIT)
+                for order in ("cost_usd", "duration_ms")]
     if tr.uses_raw_rows:
-        bucket_list = await _raw_bucket_groups(db, tr, len(bounds) + 1)
         top_buckets, top_width = [tr.start_ms], tr.end_ms - tr.start_ms
     else:
-        bucket_list = await bucket_groups(db, tr.start_ms, tr.end_ms, tr.buckets(), tr.bucket_ms)
         top_buckets, top_width = tr.buckets(), tr.bucket_ms
-    expensive, slowest = await asyncio.gather(*(
+    where, params = _where(query)
+    return list(await asyncio.gather(*(
         top_requests(db, tr.start_ms, tr.end_ms, top_buckets, top_width, order, where, params,
                      TOP_LIMIT)
-        for order in ("cost_usd", "duration_ms")))
+        for order in ("cost_usd", "duration_ms"))))
+
+
+async def load_analytics(db: Database, query: Query) -> Analytics:
+    """Read the range's sums, histograms and top requests, and shape them for the template.
+
+    Ranges up to 3 h read `requests`. Longer ranges read the narrow summary tables when no
+    filter is set and the file has them, else `rollup_hour` through the bucket cache.
+    """
+    tr = query.time_range
+    bounds = await _bounds(db)
+    narrow = (not tr.uses_raw_rows and not query.filters
+              and await narrow_reads.has_narrow_tables(db))
+    if narrow:
+        collected = await _collect_narrow(db, tr, query)
+    elif tr.uses_raw_rows:
+        collected = _collect_groups(await _raw_bucket_groups(db, tr, len(bounds) + 1), query)
+    else:
+        collected = _collect_groups(
+            await bucket_groups(db, tr.start_ms, tr.end_ms, tr.buckets(), tr.bucket_ms), query)
+    expensive, slowest = await _top_lists(db, query, narrow)
 
     buckets = tr.buckets()
     position = {bucket: index for index, bucket in enumerate(buckets)}
-    group_index = list(DIMENSIONS).index(query.group)
     measure = SUMMED.index(MEASURES[query.measure])
     requests_at, errors_at = SUMMED.index("requests"), SUMMED.index("errors")
     totals = [0.0] * len(SUMMED)
     per_group: dict[str, list[float]] = defaultdict(lambda: [0.0] * len(SUMMED))
     layer_values: dict[str, list[float]] = defaultdict(lambda: [0.0] * len(buckets))
     errors = [[0.0, 0.0] for _ in buckets]
-    hist_parts: dict[str, list[list[int]]] = defaultdict(list)
-    options: dict[str, set[str]] = {name: set() for name in DIMENSIONS}
 
-    for bucket, groups in bucket_list:
+    for bucket, name, sums in collected.rows:
         index = position.get(bucket)
-        for dims, sums, hist in groups:
-            # The filter menus list every value in the range, so they ignore the filters.
-            for name, value in zip(DIMENSIONS, dims):
-                options[name].add(value)
-            if not _matches(dims, query.filters):
-                continue
-            name = dims[group_index]
-            group_sums = per_group[name]
-            for i, value in enumerate(sums):
-                totals[i] += value
-                group_sums[i] += value
-            hist_parts[dims[0]].append(hist)
-            if index is not None:
-                layer_values[name][index] += sums[measure]
-                errors[index][0] += sums[errors_at]
-                errors[index][1] += sums[requests_at]
+        group_sums = per_group[name]
+        for i, value in enumerate(sums):
+            totals[i] += value
+            group_sums[i] += value
+        if index is not None:
+            layer_values[name][index] += sums[measure]
+            errors[index][0] += sums[errors_at]
+            errors[index][1] += sums[requests_at]
 
     ranked = sorted(per_group, key=lambda g: per_group[g][measure], reverse=True)
     shown, rest = ranked[:MAX_GROUPS], ranked[MAX_GROUPS:]
@@ -181,7 +234,7 @@ async def load_analytics(db: Database, query: Query) -> Analytics:
         series["(other)"] = [sum(layer_values[g][i] for g in rest) for i in range(len(buckets))]
     breakdown = [{"name": name, **dict(zip(SUMMED, per_group[name]))} for name in ranked]
 
-    hists = {model: sum_hists(parts) for model, parts in hist_parts.items()}
+    hists = collected.hists
     models = sorted(hists, key=lambda m: sum(hists[m]), reverse=True)[:12]
     latency = [(model, *_percentiles(hists[model], bounds)) for model in models]
     p50, p95, p99 = _percentiles(sum_hists(list(hists.values())), bounds)
@@ -190,6 +243,6 @@ async def load_analytics(db: Database, query: Query) -> Analytics:
         totals=dict(zip(SUMMED, totals)), buckets=buckets, series=series,
         errors_per_bucket=[(e, n) for e, n in errors], breakdown=breakdown,
         latency=latency, overall_latency={"p50": p50, "p95": p95, "p99": p99},
-        options={name: sorted(values) for name, values in options.items()},
+        options={name: sorted(values) for name, values in collected.options.items()},
         most_expensive=expensive, slowest=slowest,
     )

@@ -1,10 +1,15 @@
-"""Fill the Analytics cache in the background when Datasette starts.
+"""Fill the Analytics cache in the background when Datasette starts, for files that need it.
 
-The first 30-day view of a large log otherwise reads a month of `rollup_hour` and
-`requests`, which takes several seconds on a small machine. Warming computes the 24 h, 7 d
-and 30 d presets for the server's own UTC offset, because the UI listens on loopback by
-default and so its viewer usually shares the server's clock, and for UTC+00:00. Viewers at
-other offsets see other bucket edges, which are cached on their first view.
+A file from before schema version 4 has no narrow summary tables, so its first 30-day view
+reads a month of `rollup_hour` and `requests`, which takes several seconds on a small
+machine. For such a file, warming computes the 24 h, 7 d and 30 d presets for UTC+00:00 and
+for the server's own UTC offset. The UI listens on loopback by default, so its viewer
+usually shares the server's clock. Viewers at other offsets see other bucket
+edges, which are cached on their first view.
+
+A file with the narrow tables is not warmed: its unfiltered presets read those tables and
+use no cache, and warming `rollup_hour` for filtered views would hold the GIL (the histogram
+aggregate runs in Python) while the first viewer waits for a page.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from datasette.database import Database
 
 from .analytics_data import Query, load_analytics
 from .log_database import has_log_table, log_database
+from .narrow_reads import has_narrow_tables
 from .time_range import parse_range
 
 logger = logging.getLogger(__name__)
@@ -51,7 +57,7 @@ def _report(task: asyncio.Task) -> None:
 
 @hookimpl
 def startup(datasette: Any) -> Any:
-    """Start warming the cache in the background, unless the log is small or it is off.
+    """Start warming the cache in the background, unless the log is small, new or it is off.
 
     Plugin config `{"plugins": {"meterway": {"warm_cache": false}}}` turns warming off.
     """
@@ -61,6 +67,8 @@ def startup(datasette: Any) -> Any:
             return
         db = log_database(datasette)
         if db is None or not has_log_table(db) or not await db.table_exists("rollup_hour"):
+            return
+        if await has_narrow_tables(db):
             return
         size = (await db.execute("SELECT max(rowid) FROM rollup_hour")).first()[0] or 0
         if size < WARM_MIN_ROWS:

@@ -123,13 +123,14 @@ def _shown_total(html: str, label: str) -> str:
     return section.split('class="mw-total-value">', 1)[1].split("</span>", 1)[0]
 
 
-@pytest.mark.parametrize("preset", ["1h", "30d"])
-async def test_analytics_totals_match_sql(ds: Datasette, log_path: Path, preset: str) -> None:
+@pytest.mark.parametrize(("preset", "group"), [("1h", "model"), ("30d", "model"), ("30d", "client"),
+                                               ("30d", "status"), ("7d", "route")])
+async def test_analytics_totals_match_sql(ds: Datasette, log_path: Path, preset: str, group: str) -> None:
     from datasette_plugins.formatting import format_cost, format_count, format_percent
     from datasette_plugins.time_range import parse_range
 
     now_ms = int(time.time() * 1000)
-    response = await ds.client.get(f"/-/meterway?range={preset}")
+    response = await ds.client.get(f"/-/meterway?range={preset}&group={group}")
     assert response.status_code == 200
     # The page computes its own "now"; redo the range the same way within the same hour.
     time_range = parse_range({"range": preset}, now_ms=now_ms)
@@ -368,13 +369,110 @@ async def test_bucket_cache_matches_direct_sum(ds: Datasette) -> None:
     range_cache._cache.clear()
 
 
-async def test_warmup_fills_cache(ds: Datasette) -> None:
+@pytest.fixture(scope="module")
+def wide_log_path(log_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Copy the sample log as schema version 3 wrote it: without the narrow summary tables."""
+    path = tmp_path_factory.mktemp("wide") / "meterway.db"
+    source = sqlite3.connect(log_path)
+    target = sqlite3.connect(path)
+    source.backup(target)
+    source.close()
+    target.execute("DROP TABLE rollup_dimension_hour")
+    target.execute("DROP TABLE rollup_latency_hour")
+    target.commit()
+    target.close()
+    return path
+
+
+def _comparable(data: Any) -> dict[str, Any]:
+    """Round the floats of an Analytics result, which the two sources add in another order."""
+    def rounded(value: Any) -> Any:
+        if isinstance(value, float):
+            return round(value, 6)
+        if isinstance(value, dict):
+            return {key: rounded(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [rounded(item) for item in value]
+        return value
+    fields = ("totals", "buckets", "series", "errors_per_bucket", "breakdown", "overall_latency",
+              "options")
+    found = {name: rounded(getattr(data, name)) for name in fields}
+    # Models with equal request counts, and requests with equal costs, may come in another order.
+    found["latency"] = sorted(rounded(data.latency))
+    found["most_expensive"] = [row["cost_usd"] for row in data.most_expensive]
+    found["slowest"] = [row["duration_ms"] for row in data.slowest]
+    return found
+
+
+@pytest.mark.parametrize("group", ["model", "provider", "route", "client", "status"])
+async def test_narrow_tables_agree_with_rollup(log_path: Path, wide_log_path: Path, group: str) -> None:
+    from datasette_plugins import narrow_reads, range_cache
+    from datasette_plugins.analytics_data import Query, load_analytics
+    from datasette_plugins.time_range import parse_range
+
+    narrow_ds, wide_ds = Datasette([str(log_path)]), Datasette([str(wide_log_path)])
+    narrow_db, wide_db = narrow_ds.get_database("meterway"), wide_ds.get_database("meterway")
+    assert await narrow_reads.has_narrow_tables(narrow_db)
+    assert not await narrow_reads.has_narrow_tables(wide_db)
+    for preset, offset, measure in (("30d", "0", "requests"), ("7d", "330", "cost"), ("24h", "-480", "tokens")):
+        query = Query(parse_range({"range": preset, "tz": offset}), group, measure)
+        narrow = await load_analytics(narrow_db, query)
+        wide = await load_analytics(wide_db, query)
+        assert narrow.totals["requests"] > 0
+        assert _comparable(narrow) == _comparable(wide), (preset, offset)
+    range_cache._cache.clear()
+
+
+async def test_filtered_view_reads_rollup_hour(log_path: Path) -> None:
+    from datasette_plugins import range_cache
+    from datasette_plugins.analytics_data import Query, load_analytics
+    from datasette_plugins.time_range import parse_range
+
+    range_cache._cache.clear()
+    db = Datasette([str(log_path)]).get_database("meterway")
+    query = Query(parse_range({"range": "30d"}), "model", "requests", {"client": "alice"})
+    data = await load_analytics(db, query)
+    conn = sqlite3.connect(log_path)
+    (count,) = conn.execute("SELECT count(*) FROM requests WHERE client = 'alice' AND started_ms >= ? "
+                            "AND started_ms < ?", (query.time_range.start_ms, query.time_range.end_ms)).fetchone()
+    conn.close()
+    assert data.totals["requests"] == count
+    assert {key[0] for key in range_cache._cache} == {"groups", "top"}
+    assert all(row["cost_usd"] is not None for row in data.most_expensive)
+    range_cache._cache.clear()
+
+
+@pytest.mark.parametrize(("order", "index"), [("cost_usd", "idx_requests_cost_usd"),
+                                               ("duration_ms", "idx_requests_duration_ms")])
+async def test_top_lists_walk_their_index(log_path: Path, order: str, index: str) -> None:
+    from datasette_plugins.narrow_reads import top_by_index, top_sql
+    from datasette_plugins.range_cache import TOP_COLUMNS
+    from datasette_plugins.time_range import parse_range
+
+    time_range = parse_range({"range": "30d"})
+    bounds = {"lo": time_range.start_ms, "hi": time_range.end_ms}
+    conn = sqlite3.connect(log_path)
+    plan = " ".join(row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + top_sql(order, "id", 10), bounds))
+    expected = [value for (value,) in conn.execute(
+        f"SELECT {order} FROM requests WHERE started_ms >= :lo AND started_ms < :hi "
+        f"AND {order} IS NOT NULL ORDER BY {order} DESC LIMIT 10", bounds)]
+    conn.close()
+    assert f"USING INDEX {index}" in plan
+    assert "TEMP B-TREE" not in plan
+    db = Datasette([str(log_path)]).get_database("meterway")
+    found = await top_by_index(db, time_range.start_ms, time_range.end_ms, order, TOP_COLUMNS, 10)
+    assert [row[order] for row in found] == expected
+
+
+async def test_warmup_only_for_files_without_narrow_tables(ds: Datasette, wide_log_path: Path) -> None:
     from datasette_plugins import range_cache, warmup
 
     range_cache._cache.clear()
     await warmup.warm(ds.get_database("meterway"))
-    kinds = {key[0] for key in range_cache._cache}
-    assert kinds == {"groups", "top"}
+    # The presets read the narrow tables, which the cache does not keep.
+    assert range_cache._cache == {}
+    await warmup.warm(Datasette([str(wide_log_path)]).get_database("meterway"))
+    assert {key[0] for key in range_cache._cache} == {"groups", "top"}
     assert len(range_cache._cache) > 30
     range_cache._cache.clear()
 
