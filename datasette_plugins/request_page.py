@@ -81,6 +81,7 @@ def _routing(row: dict[str, Any]) -> list[tuple[str, str]]:
         ("Models", " → ".join(str(m) if m else "·" for m in chain)),
         ("", "requested → router → routed → response"),
         ("Router outcome", outcome),
+        ("Router error", row.get("router_error") or "–"),
         ("Router latency", format_duration(row.get("router_ms"))),
         ("Router headers", ", ".join(f"{k}: {v}" for k, v in headers.items()) or "–"),
         ("Route", row.get("route") or "–"),
