@@ -56,6 +56,7 @@ meterway:
     messageTimeout: 5
 config:
   statsAddr: 127.0.0.1:0
+  readinessAddr: "off"
   database:
     url: sqlite://log.db
 """

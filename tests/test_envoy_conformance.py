@@ -191,8 +191,9 @@ meterway:
   extProc:
     messageTimeout: {timeout}
 config:
-  # Port 0: each gateway gets its own free port for metrics.
+  # Port 0: each gateway gets its own free port for metrics; no readiness endpoint.
   statsAddr: 127.0.0.1:0
+  readinessAddr: "off"
   database:
     url: sqlite://log.db
 """
@@ -252,8 +253,9 @@ def proxies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxies]:
         yield Proxies(envoy, gateways, ports, router, upstream)
     finally:
         envoy.stop()
-        for gateway in gateways.values():
-            gateway.stop()
+        # Each gateway drains for a moment on SIGINT, so stop them side by side.
+        with ThreadPoolExecutor(len(gateways)) as pool:
+            list(pool.map(lambda gateway: gateway.stop(), gateways.values()))
         router.close()
         upstream.stop()
 
@@ -279,18 +281,20 @@ class Outcome:
 Scripts = dict[str, Callable[[pb.ProcessingRequest, dict[str, Any]], Any]]
 
 
-def exchange(proxies: Proxies, proxy: str, setup: str, scripts: Scripts, *, path: str = "/v1/chat/completions",
-             body: dict[str, Any] | None = None, headers: dict[str, str] | list[tuple[str, str]] | None = None) -> Outcome:
+def exchange(proxies: Proxies, proxy: str, setup: str, scripts: Scripts, *, method: str = "POST",
+             path: str = "/v1/chat/completions", body: dict[str, Any] | None = None,
+             headers: dict[str, str] | list[tuple[str, str]] | None = None) -> Outcome:
     """Send one request through one proxy with these router scripts and collect what happened."""
     proxies.router.server.scripts = dict(scripts)
     proxies.router.server.streams.clear()
     proxies.upstream.received.clear()
-    payload = json.dumps(body if body is not None else CHAT_BODY).encode()
-    request_headers = [("content-type", "application/json"), ("user-agent", "conformance-test/1"),
-                       ("accept-encoding", "identity")]
+    payload = json.dumps(body if body is not None else CHAT_BODY).encode() if method == "POST" else b""
+    request_headers = [("user-agent", "conformance-test/1"), ("accept-encoding", "identity")]
+    if payload:
+        request_headers.append(("content-type", "application/json"))
     request_headers += list(headers.items()) if isinstance(headers, dict) else list(headers or [])
     with httpx.Client(timeout=10.0) as client:
-        response = client.post(proxies.url(proxy, setup) + path, content=payload, headers=request_headers)
+        response = client.request(method, proxies.url(proxy, setup) + path, content=payload, headers=request_headers)
 
     # The router's stream may still be closing; give it a moment so its messages are all recorded.
     time.sleep(0.05)
@@ -468,6 +472,35 @@ def test_invalid_header_name_fails(proxies: Proxies) -> None:
     assert gateway.upstream is None
     assert envoy.status == gateway.status == 500
     assert json.loads(gateway.body)["error"]["code"] == "router_protocol_error"
+
+
+def test_request_without_body(proxies: Proxies) -> None:
+    # With no body there is no body message, even in BUFFERED mode.
+    scripts = {"request_headers": request_headers_reply(pb.HeaderMutation(set_headers=[set_header("x-seen", "1")]))}
+    envoy, gateway = both(proxies, scripts, method="GET", path="/v1/files?limit=2")
+    assert envoy.status == gateway.status == 200
+    assert gateway.router_phases == envoy.router_phases == ["request_headers", "response_headers"]
+    assert gateway.router_messages[0].request_headers.end_of_stream
+    assert envoy.router_messages[0].request_headers.end_of_stream
+    assert_same_upstream(envoy, gateway)
+
+
+def test_models_list_skips_router(proxies: Proxies) -> None:
+    # A deliberate difference: meterway answers GET /v1/models itself from its config,
+    # before the router runs, while Envoy passes it to the router like any request
+    # (vLLM Semantic Router answers it with its own model list).
+    def script(message: pb.ProcessingRequest, state: dict[str, Any]) -> pb.ProcessingResponse:
+        reply = pb.ProcessingResponse()
+        reply.immediate_response.status.code = 200
+        reply.immediate_response.body = b'{"object": "list", "data": [{"id": "MoM"}]}'
+        return reply
+
+    envoy, gateway = both(proxies, {"request_headers": script}, method="GET", path="/v1/models")
+    assert envoy.router_phases == ["request_headers"]
+    assert gateway.router_phases == []
+    assert envoy.status == gateway.status == 200
+    assert json.loads(envoy.body)["data"] == [{"id": "MoM"}]
+    assert "MoM" not in [model["id"] for model in json.loads(gateway.body)["data"]]
 
 
 # Cases: body mutations and header mutations in body replies (buffered mode).
