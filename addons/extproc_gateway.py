@@ -205,6 +205,9 @@ class RouterCalls:
             response = flow.response
             # A streamed response has already gone to the client, so only a body that
             # mitmproxy buffered can still be sent to the router and changed.
+            # NOTE: streamed bodies are not sent at all, not even observe-only through
+            # `ExtProcSession.observe_response_chunk`, because costlog's stream tap owns
+            # `response.stream`. Envoy sends them in STREAMED mode.
             if replaced_body is None and flow.error is None and response is not None and not response.stream:
                 await self._response_body(flow, session, response)
         finally:
