@@ -88,7 +88,8 @@ def _totals(data: Any) -> list[tuple[str, str, str]]:
     requests = t["requests"]
     unpriced = f"{format_count(t['unpriced'])} unpriced" if t["unpriced"] else "all priced"
     return [
-        ("Calls", format_count(requests), f"{format_count(t['errors'])} errors"),
+        ("Calls", format_count(requests),
+         f"{format_count(t['errors'])} {'error' if t['errors'] == 1 else 'errors'}"),
         ("Tokens", format_count(t["total_tokens"]),
          f"{format_compact(t['input_tokens'])} in · {format_compact(t['output_tokens'])} out"),
         ("Cost", format_cost(t["cost_usd"]), unpriced),
