@@ -12,11 +12,12 @@ one bucket at a time, bounded by the `started_ms` index and a LIMIT.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from datasette.database import Database
+from datasette.database import Database, QueryInterrupted
 
 from addons.store_rollup import percentile_from_hist
 
@@ -35,6 +36,8 @@ DIMENSIONS: dict[str, tuple[str, str]] = {
         "CASE WHEN status BETWEEN 100 AND 599 THEN (status / 100) || 'xx' ELSE 'none' END",
     ),
 }
+logger = logging.getLogger(__name__)
+
 MEASURES = {"requests": "requests", "tokens": "total_tokens", "cost": "cost_usd"}
 TOP_LIMIT = 10
 MAX_GROUPS = 8  # Stacks beyond this many groups are merged into "(other)".
@@ -171,12 +174,22 @@ async def _collect_narrow(db: Database, tr: TimeRange, query: Query) -> _Collect
     return collected
 
 
-async def _top_lists(db: Database, query: Query, narrow: bool) -> list[list[dict[str, Any]]]:
+async def _top_lists(db: Database, query: Query, narrow: bool,
+                     any_rows: bool) -> list[list[dict[str, Any]]]:
     tr = query.time_range
+    if not any_rows:
+        # Walking an index for a range without requests would visit every entry.
+        return [[], []]
     if narrow:
-        return [await narrow_reads.top_by_index(db, tr.start_ms, tr.end_ms, order, TOP_COLUMNS,
-                                                TOP_LIMIT)
-                for order in ("cost_usd", "duration_ms")]
+        try:
+            return [await narrow_reads.top_by_index(db, tr.start_ms, tr.end_ms, order,
+                                                    TOP_COLUMNS, TOP_LIMIT)
+                    for order in ("cost_usd", "duration_ms")]
+        except QueryInterrupted:
+            # The walk visits many entries when few requests in the range have a value (for
+            # example no priced ones) in a large log; reading bucket by bucket is bounded.
+            logger.info("top lists: index walk over %d..%d hit the time limit; reading "
+                        "bucket by bucket", tr.start_ms, tr.end_ms)
     if tr.uses_raw_rows:
         top_buckets, top_width = [tr.start_ms], tr.end_ms - tr.start_ms
     else:
@@ -205,7 +218,8 @@ async def load_analytics(db: Database, query: Query) -> Analytics:
     else:
         collected = _collect_groups(
             await bucket_groups(db, tr.start_ms, tr.end_ms, tr.buckets(), tr.bucket_ms), query)
-    expensive, slowest = await _top_lists(db, query, narrow)
+    any_rows = any(sums[SUMMED.index("requests")] for _, _, sums in collected.rows)
+    expensive, slowest = await _top_lists(db, query, narrow, any_rows)
 
     buckets = tr.buckets()
     position = {bucket: index for index, bucket in enumerate(buckets)}
