@@ -48,6 +48,8 @@ class CostLog:
         self._originals: weakref.WeakKeyDictionary[http.HTTPFlow, Any] = weakref.WeakKeyDictionary()
         # Called with each finished row on the event loop; each must be cheap and never raise.
         self.observers: list[Callable[[dict[str, Any]], None]] = []
+        # Given a flow whose response is about to stream, each returns a chunk observer or None.
+        self.stream_observers: list[Callable[[http.HTTPFlow], Any]] = []
         config.on_reload(self._reconfigure)
 
     def _reconfigure(self, gateway: Any) -> None:
@@ -104,6 +106,10 @@ class CostLog:
             response.headers.pop("content-length", None)
         tap = StreamTap(tracker, kind=kind or "raw", strip_usage=strip, max_bytes=self._max_bytes(),
                         transform=transform)
+        for make_observer in self.stream_observers:
+            observer = make_observer(flow)
+            if observer is not None:
+                tap.observers.append(observer)
         response.stream = tap
         self._taps[flow] = (tap, tracker)
 

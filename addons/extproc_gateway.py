@@ -188,6 +188,17 @@ class RouterCalls:
             if not name.startswith(":"):
                 flow.response.headers.add(name, value)
 
+    def chunk_observer(self, flow: http.HTTPFlow) -> Any | None:
+        """Return a callable that sends streamed response chunks to the router, or None.
+
+        Observe-only: mitmproxy's stream callbacks cannot wait for a reply, so the chunks go
+        out and replies are not applied (the session warns once if a router sends changes).
+        """
+        session = self._sessions.get(flow)
+        if session is None or session.response_mode.body == "none":
+            return None
+        return session.observe_response_chunk
+
     async def finish(self, flow: http.HTTPFlow) -> None:
         """Finish the flow's ext_proc exchange: send a buffered response body to the router, then close the stream.
 
@@ -203,11 +214,9 @@ class RouterCalls:
             return
         try:
             response = flow.response
-            # A streamed response has already gone to the client, so only a body that
-            # mitmproxy buffered can still be sent to the router and changed.
-            # NOTE: streamed bodies are not sent at all, not even observe-only through
-            # `ExtProcSession.observe_response_chunk`, because costlog's stream tap owns
-            # `response.stream`. Envoy sends them in STREAMED mode.
+            # A streamed response has already gone to the client (its chunks went to the
+            # router observe-only through `chunk_observer`), so only a body that mitmproxy
+            # buffered can still be sent to the router and changed.
             if replaced_body is None and flow.error is None and response is not None and not response.stream:
                 await self._response_body(flow, session, response)
         finally:

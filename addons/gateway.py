@@ -45,6 +45,7 @@ def make_addons() -> list[object]:
     tracing = Tracing(config)
     alerts = Alerts(config)
     costlog.observers += [metrics.observe, tracing.observe, alerts.observe]
+    costlog.stream_observers.append(router.calls.chunk_observer)
     drain = Drain(config)
     readiness = Readiness(config, router, costlog, drain)
     return [config, router, tracing, Auth(config, router), costlog, metrics, alerts, drain, readiness]

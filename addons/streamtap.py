@@ -24,6 +24,9 @@ class StreamTap:
         # Rewrites the stream for the client (feed(bytes) -> bytes, finish() -> bytes), as
         # when an Anthropic stream goes back to an OpenAI client; usage is read before it.
         self.transform = transform
+        # Callables given each upstream chunk and whether it is the last, such as the
+        # semantic router's observe-only response body stream.
+        self.observers: list[Any] = []
         self.kind = kind  # "sse", "ndjson" or "raw"
         self.parser = SSEParser() if kind == "sse" else None
         self.filter = UsageEventFilter() if strip_usage and kind == "sse" else None
@@ -51,6 +54,8 @@ class StreamTap:
             self.first_byte_at = time.time()
         self.total_bytes += len(chunk)
         self._account(chunk)
+        for observe in self.observers:
+            observe(chunk, False)
         if self.transform is not None:
             out = self.transform.feed(chunk)
         elif self.filter is not None:
@@ -77,6 +82,8 @@ class StreamTap:
         if self.ended:
             return b""
         self.ended = True
+        for observe in self.observers:
+            observe(b"", True)
         if self.tracker is not None:
             if self.parser is not None:
                 for event in self.parser.close():

@@ -63,8 +63,8 @@ SSE_EVENTS = [
     {"id": "c1", "object": "chat.completion.chunk", "model": "echo-model", "choices": [],
      "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}},
 ]
-SLOW_REPLY_S = 1.5
-MESSAGE_TIMEOUT_S = 0.5
+SLOW_REPLY_S = 3.0
+MESSAGE_TIMEOUT_S = 2.0
 
 
 def kept(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -745,11 +745,12 @@ def test_mode_override_streamed_sse(proxies: Proxies) -> None:
     assert gateway.body == expected
 
     # Envoy sends every chunk of the stream to the router after the override and waits for
-    # each reply. meterway's mitmproxy stream callbacks are synchronous, so the body of a
-    # streamed response is not sent to the router at all (the router gets the headers).
+    # each reply. meterway's mitmproxy stream callbacks are synchronous, so it sends the
+    # chunks observe-only: the router sees them, and its replies are not applied.
     assert envoy.router_phases[:3] == ["request_headers", "request_body", "response_headers"]
     assert "response_body" in envoy.router_phases
-    assert gateway.router_phases == ["request_headers", "request_body", "response_headers"]
+    assert gateway.router_phases[:3] == ["request_headers", "request_body", "response_headers"]
+    assert "response_body" in gateway.router_phases
 
 
 # Cases: the router fails.
