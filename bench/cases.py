@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bench.client import CHAT_PATH, HEADERS, chat_body
 from bench.load import run_json, run_plain
-from bench.procstat import Sampler
+from bench.procstat import Sampler, rss_bytes
 from bench.settings import Settings
 from bench.targets import Target
 
@@ -126,6 +126,20 @@ def router_outcomes(target: Target) -> dict[str, int]:
         return {}
     finally:
         conn.close()
+
+
+def wait_for_steady_rss(target: Target, timeout: float = 30.0) -> None:
+    """Wait until the target's RSS changes by less than 1 MiB in a second, or `timeout` passes."""
+    if target.pid is None:
+        return
+    deadline = time.monotonic() + timeout
+    last = rss_bytes([target.pid])
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = rss_bytes([target.pid])
+        if abs(now - last) < MIB:
+            return
+        last = now
 
 
 def measure_bulk(target: Target, folder: Path) -> dict:

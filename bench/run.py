@@ -115,6 +115,9 @@ def run_memory(procs: Processes, upstream: str, router: str | None) -> dict:
     """Pass the bench-bulk stream through meterway and report its RSS over the transfer."""
     target = start_meterway(procs, "meterway-memory", upstream, router)
     try:
+        # Start from a settled gateway: warmed up, and done loading in background threads.
+        cases.warm_up(target, 10)
+        cases.wait_for_steady_rss(target)
         return cases.measure_bulk(target, procs.folder)
     finally:
         procs.stop(next(p for _, p in procs.running if p.pid == target.pid))
