@@ -4,9 +4,9 @@ Every source is reduced to the same shape (sums per chart bucket and group value
 of each filter menu, a latency histogram per model), so totals, series, breakdowns and
 percentiles come from one Python pass. Unfiltered long ranges read the narrow summary tables
 (`narrow_reads.py`). Filtered ones need the full dimension tuples of `rollup_hour`, so they
-read it one bucket at a time through the cache in `range_cache.py`. The most-expensive and slowest lists
-read `requests`: by walking the cost and duration indexes for unfiltered long ranges, else
-one bucket at a time, bounded by the `started_ms` index and a LIMIT.
+read its matching rows one bucket at a time through the cache in `range_cache.py`. The
+most-expensive and slowest lists read `requests` by walking the cost and duration indexes
+for long ranges, else one bucket at a time, bounded by the `started_ms` index and a LIMIT.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 MEASURES = {"requests": "requests", "tokens": "total_tokens", "cost": "cost_usd"}
 TOP_LIMIT = 10
 MAX_GROUPS = 8  # Stacks beyond this many groups are merged into "(other)".
+# A filtered top list walks its index for at most this long before reading bucket by bucket.
+FILTERED_WALK_LIMIT_MS = 250
 
 _RAW_SOURCE = f"""
 SELECT started_ms AS t,
@@ -174,45 +176,68 @@ async def _collect_narrow(db: Database, tr: TimeRange, query: Query) -> _Collect
     return collected
 
 
+async def _collect_filtered(db: Database, tr: TimeRange, query: Query) -> _Collected:
+    """Read a filtered view: matching `rollup_hour` groups, and the menus from the narrow table."""
+    filters = {DIMENSIONS[name][0]: value for name, value in query.filters.items()}
+    bucket_list = await bucket_groups(db, tr.start_ms, tr.end_ms, tr.buckets(), tr.bucket_ms,
+                                      filters=filters)
+    collected = _collect_groups(bucket_list, query)
+    values = await narrow_reads.dimension_values(db, tr.start_ms, tr.end_ms)
+    collected.options = {name: values.get(column, set()) for name, (column, _) in DIMENSIONS.items()}
+    return collected
+
+
 async def _top_lists(db: Database, query: Query, narrow: bool,
                      any_rows: bool) -> list[list[dict[str, Any]]]:
+    """Read the most expensive and the slowest requests of the range.
+
+    With the cost and duration indexes (`narrow` true for an unfiltered view, or a filtered
+    one on a file that has them), the lists walk those indexes. The walk visits many entries
+    when few requests in the range match, for example when a filter leaves no priced ones,
+    so a filtered walk gets a short time limit. An interrupted walk falls back to reading the
+    range bucket by bucket, which the `started_ms` index bounds.
+    """
     tr = query.time_range
     if not any_rows:
         # Walking an index for a range without requests would visit every entry.
         return [[], []]
-    if narrow:
-        try:
-            return [await narrow_reads.top_by_index(db, tr.start_ms, tr.end_ms, order,
-                                                    TOP_COLUMNS, TOP_LIMIT)
-                    for order in ("cost_usd", "duration_ms")]
-        except QueryInterrupted:
-            # The walk visits many entries when few requests in the range have a value (for
-            # example no priced ones) in a large log; reading bucket by bucket is bounded.
-            logger.info("top lists: index walk over %d..%d hit the time limit; reading "
-                        "bucket by bucket", tr.start_ms, tr.end_ms)
-    if tr.uses_raw_rows:
-        top_buckets, top_width = [tr.start_ms], tr.end_ms - tr.start_ms
-    else:
-        top_buckets, top_width = tr.buckets(), tr.bucket_ms
     where, params = _where(query)
-    return list(await asyncio.gather(*(
-        top_requests(db, tr.start_ms, tr.end_ms, top_buckets, top_width, order, where, params,
-                     TOP_LIMIT)
-        for order in ("cost_usd", "duration_ms"))))
+    time_limit = FILTERED_WALK_LIMIT_MS if query.filters else None
+    found: list[list[dict[str, Any]]] = []
+    for order in ("cost_usd", "duration_ms"):
+        rows = None
+        if narrow:
+            try:
+                rows = await narrow_reads.top_by_index(db, tr.start_ms, tr.end_ms, order, TOP_COLUMNS,
+                                                       TOP_LIMIT, where, params, time_limit)
+            except QueryInterrupted:
+                logger.info("top %s list: index walk over %d..%d hit the time limit; reading "
+                            "bucket by bucket", order, tr.start_ms, tr.end_ms)
+        if rows is None:
+            if tr.uses_raw_rows:
+                top_buckets, top_width = [tr.start_ms], tr.end_ms - tr.start_ms
+            else:
+                top_buckets, top_width = tr.buckets(), tr.bucket_ms
+            rows = await top_requests(db, tr.start_ms, tr.end_ms, top_buckets, top_width, order,
+                                      where, params, TOP_LIMIT)
+        found.append(rows)
+    return found
 
 
 async def load_analytics(db: Database, query: Query) -> Analytics:
     """Read the range's sums, histograms and top requests, and shape them for the template.
 
-    Ranges up to 3 h read `requests`. Longer ranges read the narrow summary tables when no
-    filter is set and the file has them, else `rollup_hour` through the bucket cache.
+    Ranges up to 3 h read `requests`. Longer ranges on a file with the narrow summary tables
+    read those when no filter is set, else the matching `rollup_hour` rows through the
+    bucket cache. An older file's long ranges read every `rollup_hour` row, also cached.
     """
     tr = query.time_range
     bounds = await _bounds(db)
-    narrow = (not tr.uses_raw_rows and not query.filters
-              and await narrow_reads.has_narrow_tables(db))
-    if narrow:
+    narrow = not tr.uses_raw_rows and await narrow_reads.has_narrow_tables(db)
+    if narrow and not query.filters:
         collected = await _collect_narrow(db, tr, query)
+    elif narrow:
+        collected = await _collect_filtered(db, tr, query)
     elif tr.uses_raw_rows:
         collected = _collect_groups(await _raw_bucket_groups(db, tr, len(bounds) + 1), query)
     else:

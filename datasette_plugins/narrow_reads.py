@@ -93,19 +93,26 @@ async def model_latency(db: Database, start_ms: int, end_ms: int) -> dict[str, l
     return {row[0]: json.loads(row[1]) for row in rows}
 
 
-def top_sql(order: str, columns: str, limit: int) -> str:
+def top_sql(order: str, columns: str, limit: int, where: str = "1") -> str:
     """Build the query for the `limit` requests in [:lo, :hi) with the largest `order` value.
 
     The unary `+` keeps SQLite from choosing the `started_ms` index, which would read and
     sort every request of the range. Without it the planner cannot tell that walking the
-    `order` index visits only a few entries per match.
+    `order` index visits only a few entries per match. `where` adds filter terms.
     """
     return (f"SELECT {columns} FROM requests WHERE +started_ms >= :lo AND +started_ms < :hi "
-            f"AND {order} IS NOT NULL ORDER BY {order} DESC LIMIT {int(limit)}")
+            f"AND {where} AND {order} IS NOT NULL ORDER BY {order} DESC LIMIT {int(limit)}")
 
 
 async def top_by_index(db: Database, start_ms: int, end_ms: int, order: str, columns: str,
-                       limit: int) -> list[dict[str, Any]]:
-    """Return the `limit` requests in the range with the largest `order` value."""
-    rows = await db.execute(top_sql(order, columns, limit), {"lo": start_ms, "hi": end_ms})
+                       limit: int, where: str = "1", params: dict[str, Any] | None = None,
+                       time_limit_ms: int | None = None) -> list[dict[str, Any]]:
+    """Return the `limit` requests in the range with the largest `order` value.
+
+    Raises `QueryInterrupted` past `time_limit_ms` (or Datasette's own limit), which a walk
+    can reach when few requests in the range match.
+    """
+    rows = await db.execute(top_sql(order, columns, limit, where),
+                            {**(params or {}), "lo": start_ms, "hi": end_ms},
+                            custom_time_limit=time_limit_ms)
     return [dict(row) for row in rows]

@@ -2,9 +2,11 @@
 
 Scanning a month of `rollup_hour` (about 144,000 rows for 1,000,000 requests) takes longer
 than Datasette's 1 s query limit on a small machine, and summing its `latency_hist` JSON
-arrays takes far longer. So the Analytics page reads one chart bucket at a time, grouped by
-the five filterable dimensions, and keeps buckets that are over. The same goes for the
-most-expensive and slowest lists, read from `requests` one bucket at a time.
+arrays takes far longer. Unfiltered views read narrow tables instead (`narrow_reads.py`),
+but filtered views and files older than those tables need `rollup_hour`. So they read one
+chart bucket at a time, grouped by the five filterable dimensions, and keep buckets that are
+over. The most-expensive and slowest lists fall back to the same, from `requests`, where the
+cost and duration indexes are missing or their walk is too slow.
 """
 
 from __future__ import annotations
@@ -82,13 +84,25 @@ async def _cached(key: tuple[Any, ...], hi: int, now_ms: int, load: Any) -> Any:
     return value
 
 
-async def read_groups(db: Database, lo: int, hi: int) -> list[Group]:
-    """Sum `rollup_hour` rows in [lo, hi) per dimension tuple, histograms included."""
+async def read_groups(db: Database, lo: int, hi: int,
+                      filters: dict[str, str] | None = None) -> list[Group]:
+    """Sum `rollup_hour` rows in [lo, hi) per dimension tuple, histograms included.
+
+    `filters` maps `GROUP_COLUMNS` names to the only value to read, so the histogram
+    aggregate, which parses JSON in Python, runs only on the matching rows.
+    """
     columns = ", ".join(GROUP_COLUMNS)
     sums = ", ".join(f"sum({name})" for name in SUMMED)
+    where = ["bucket_ms >= :lo", "bucket_ms < :hi"]
+    params: dict[str, Any] = {"lo": lo, "hi": hi}
+    for index, (column, value) in enumerate(sorted((filters or {}).items())):
+        if column not in GROUP_COLUMNS:
+            raise ValueError(f"cannot filter rollup_hour on {column!r}; use one of {GROUP_COLUMNS}")
+        where.append(f"{column} = :filter{index}")
+        params[f"filter{index}"] = value
     rows = await db.execute(
         f"SELECT {columns}, {sums}, {AGGREGATE}(latency_hist) FROM rollup_hour "
-        f"WHERE bucket_ms >= ? AND bucket_ms < ? GROUP BY {columns}", [lo, hi])
+        f"WHERE {' AND '.join(where)} GROUP BY {columns}", params)
     width = len(GROUP_COLUMNS)
     return [(tuple(row[:width]), [v or 0 for v in row[width:-1]], json.loads(row[-1]))
             for row in rows]
@@ -118,18 +132,21 @@ def _pieces(start_ms: int, end_ms: int, buckets: list[int], bucket_ms: int,
 
 
 async def bucket_groups(db: Database, start_ms: int, end_ms: int, buckets: list[int],
-                        bucket_ms: int, now_ms: int | None = None) -> list[tuple[int, list[Group]]]:
+                        bucket_ms: int, now_ms: int | None = None,
+                        filters: dict[str, str] | None = None) -> list[tuple[int, list[Group]]]:
     """Return the groups of every bucket of the range, reading only pieces not kept yet.
 
     A bucket may appear in several (bucket, groups) pairs, one per piece; callers add them up.
+    With `filters` (see `read_groups`) only matching groups are read and kept.
     """
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     found = []
     # One piece after the other: the histogram aggregate runs in Python and holds the GIL,
     # so parallel queries would only stretch each one towards Datasette's time limit.
     for bucket, lo, hi in _pieces(start_ms, end_ms, buckets, bucket_ms, now_ms):
-        groups = await _cached(("groups", str(db.path), lo, hi), hi, now_ms,
-                               lambda lo=lo, hi=hi: read_groups(db, lo, hi))
+        key = ("groups", str(db.path), lo, hi, tuple(sorted((filters or {}).items())))
+        groups = await _cached(key, hi, now_ms,
+                               lambda lo=lo, hi=hi: read_groups(db, lo, hi, filters))
         found.append((bucket, groups))
     return found
 
