@@ -56,7 +56,7 @@ UNSUPPORTED: dict[str, frozenset[str]] = {
             "requestMirror", "directResponse", "cors", "mcpAuthorization", "extMcp",
             "authorization", "mcpAuthentication", "a2a", "backendTLS", "backendTunnel",
             "localRateLimit", "remoteRateLimit", "csrf", "timeout", "retry",
-            "oidc", "jwtAuth", "extAuthz", "extProc", "transformations", "basicAuth",
+            "oidc", "jwtAuth", "extAuthz", "transformations", "basicAuth",
         }
     ),
     "GatewayPolicies": frozenset(
@@ -105,8 +105,9 @@ UNSUPPORTED: dict[str, frozenset[str]] = {
 
 # A better next step than "remove it" for some fields, by (model class name, YAML key).
 FIXES: dict[tuple[str, str], str] = {
-    ("RoutePolicies", "extProc"): "move it to a top-level `policies:` entry with `phase: gateway`",
-    ("ListenerPolicies", "extProc"): "move it to a top-level `policies:` entry with `phase: gateway`",
+    ("ListenerPolicies", "extProc"): (
+        "move it to a top-level `policies:` entry with `phase: gateway`, or to a route's `policies:`"
+    ),
     ("ProviderSettings", "model"): "set `policies.ai.modelAliases: {'*': MODEL}` instead",
     ("ExtProc", "service"): "give the server's address as `host: HOST:PORT`",
     ("ExtProc", "backend"): "give the server's address as `host: HOST:PORT`",

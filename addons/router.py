@@ -2,8 +2,9 @@
 
 Per request, in agentgateway's order: the gateway's `extProc` policy (the semantic router)
 receives the headers and buffered body, and may change them or send a response itself. Then
-the best route for the resulting request is chosen, `modelAliases` rewrite the model, and the upstream is set
-from the backend's provider. Everything decided goes into the flow record for costlog.
+the best route for the resulting request and its backend are chosen, the route's own
+`extProc` policy is called, `modelAliases` rewrite the model, and the upstream is set from
+the backend's provider. Everything decided goes into the flow record for costlog.
 """
 
 from __future__ import annotations
@@ -141,13 +142,13 @@ class Router:
                 return
             if decided is not None:
                 body = decided
-            self._route_bind(flow, rec, listener, body, usage_asked)
+            await self._route_bind(flow, rec, listener, body, usage_asked)
         else:
             self._route_llm(flow, rec, body, usage_asked)
         if flow.response is None and rec.get("upstream"):
             self.deadline.arm(flow, rec, self.config.gateway.meterway.upstream_timeout)
 
-    def _route_bind(self, flow: http.HTTPFlow, rec: dict[str, Any], listener: Any,
+    async def _route_bind(self, flow: http.HTTPFlow, rec: dict[str, Any], listener: Any,
                     body: dict[str, Any] | None, usage_asked: bool) -> None:
         facts = RequestFacts(
             method=flow.request.method,
@@ -195,6 +196,17 @@ class Router:
             if getattr(policies, "backend_auth", None) is not None:
                 auth = policies.backend_auth
         key = self.config.gateway.backend_key(auth) if auth is not None else None
+
+        # agentgateway runs the route's extProc after it has chosen the route and its
+        # backend and before the backend's LLM handling applies `modelAliases`, so the
+        # router's changes reach the upstream but never re-select the route.
+        route_ext_proc = getattr(route.policies, "ext_proc", None)
+        if route_ext_proc is not None:
+            decided = await self.calls.after_route(flow, rec, route_ext_proc)
+            if flow.response is not None:
+                return
+            if decided is not None:
+                body = decided
         self._send(flow, rec, body, usage_asked, provider_kind=ai.provider_kind, backend_name=ai.name,
                    host_override=ai.host_override, path_override=ai.path_override,
                    path_prefix=ai.path_prefix, aliases=aliases, fixed_model=ai.provider.settings.model,
