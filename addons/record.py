@@ -67,9 +67,27 @@ def get(flow: http.HTTPFlow) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
+# The reverse-mode target the config addon gives every listener (addons/config.py).
+_PLACEHOLDER = ("127.0.0.1", 9)
+
+
 def snapshot_client_request(flow: http.HTTPFlow) -> None:
-    """Keep the request as the client sent it, before the router changes anything."""
-    flow.metadata[CLIENT_REQUEST_KEY] = flow.request.get_state()
+    """Keep the request as the client sent it, before the router changes anything.
+
+    Reverse mode has already pointed the request, and its Host header, at the listeners'
+    placeholder target; the snapshot names the listener the client connected to instead.
+    """
+    state = flow.request.get_state()
+    sockname = flow.client_conn.sockname
+    if (state["host"], state["port"]) == _PLACEHOLDER and sockname:
+        host, port = sockname[0], sockname[1]
+        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        state["host"], state["port"], state["scheme"] = host, port, "http"
+        state["headers"] = tuple(
+            (name, authority.encode()) if name.lower() == b"host" else (name, value)
+            for name, value in state["headers"]
+        )
+    flow.metadata[CLIENT_REQUEST_KEY] = state
 
 
 def client_request(flow: http.HTTPFlow) -> http.Request | None:

@@ -125,6 +125,14 @@ def test_code_prompt_goes_to_ollama(seed: SeedStack) -> None:
     assert row["output_tokens"] == completion.usage.completion_tokens
     assert row["cost_usd"] == 0 and row["cost_status"] == "local"
 
+    conn = sqlite3.connect(seed.db)
+    stored = json.loads(conn.execute("select client_request from payloads where request_id = ?",
+                                     [request_id]).fetchone()[0])
+    conn.close()
+    assert stored["url"] == "http://127.0.0.1:3000/v1/chat/completions"
+    assert ["Host", "127.0.0.1:3000"] in stored["headers"] or ["host", "127.0.0.1:3000"] in stored["headers"]
+    assert json.loads(stored["body"])["model"] == "MoM"
+
 
 def test_analysis_prompt_goes_to_openai_over_tls(seed: SeedStack) -> None:
     seed.reset()
