@@ -5,7 +5,7 @@ router sets `x-gateway-router` on every request; routes are chosen by `x-case`:
 - `edit`: its router sets `x-route-router`, rewrites the body's model to `alias-me`, and the
   route's `modelAliases` then map `alias-me` to `aliased-model` (aliases come after it);
 - `open` / `closed`: its router's port has nothing listening, failOpen and failClosed;
-- `block`: its router answers 403 itself.
+- `block`: its router sends an immediate 403 response.
 What the upstream got is read from the request log's `payloads.upstream_request`.
 """
 
