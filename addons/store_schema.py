@@ -13,7 +13,9 @@ each column):
 - `rollup_dimension_hour` and `rollup_latency_hour`: narrow summaries of `rollup_hour` that
   the Analytics page reads for unfiltered views, kept by the writer in the same transaction
   (see `addons/store_rollup.py`). Both are WITHOUT ROWID tables clustered by `bucket_ms`, so
-  a time range is one contiguous read.
+  a time range is one contiguous read. NOTE: a writer older than schema version 4 that
+  appends to a migrated file updates `rollup_hour` only, so unfiltered Analytics views then
+  miss its rows, and nothing in the file records that this happened.
 - `requests_fts`: FTS5 over `prompt` and `answer`; its rowid is the `requests` rowid.
 - `meterway_meta`: `(key, value)`; `schema_version` is the last migration step applied.
 
