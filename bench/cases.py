@@ -44,7 +44,7 @@ def warm_up(target: Target, requests: int = 40) -> None:
 def probe_ms(target: Target, timeout: float = 60.0) -> float | None:
     """Time one plain request right after a case; None if it failed.
 
-    wrk cuts the requests still in flight when its time is up, so the proxy sees client
+    wrk cuts the requests still in flight when its time is up, so the proxy gets client
     disconnects. This probe shows how long the proxy then takes to answer again, and waiting
     for it keeps that recovery out of the next case.
     """

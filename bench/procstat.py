@@ -1,6 +1,6 @@
 """CPU time and resident memory of a process and its children, read from /proc (Linux).
 
-A `Sampler` thread reads the process tree every `interval` seconds, so it sees the peak RSS
+A `Sampler` thread reads the process tree every `interval` seconds, so it catches the peak RSS
 of the proxy during a run; CPU seconds come from utime + stime of every process in the tree.
 NOTE: CPU time of children that exited between two samples is not counted.
 """

@@ -1,4 +1,4 @@
-"""What one benchmark run measures: the command line and the three presets (full, quick, smoke)."""
+"""Settings of one benchmark run: the command line and the three presets (full, quick, smoke)."""
 
 from __future__ import annotations
 

@@ -46,7 +46,7 @@ def chunk_event(model: str, text: str, finish: str | None = None) -> bytes:
 
 
 def usage_event(model: str) -> bytes:
-    """Build the final usage chunk that `stream_options.include_usage` asks for."""
+    """Build the final usage chunk that `stream_options.include_usage` requests."""
     payload = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 0, "model": model,
                "choices": [], "usage": USAGE}
     return b"data: " + json.dumps(payload).encode() + b"\n\n"
