@@ -31,7 +31,7 @@ from addons.usage_model import (
     openai_embeddings_usage,
     openai_responses_usage,
 )
-from addons.usage_text import CHARS_PER_TOKEN, ReplyText, request_text
+from addons.usage_text import CHARS_PER_TOKEN, as_dict, ReplyText, request_text
 
 logger = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ class UsageTracker:
             self.reply.add_text(obj.get("delta"))
             self._streamed_responses_text = True
         elif kind == "response.output_item.added":
-            item = obj.get("item") or {}
+            item = as_dict(obj.get("item"))
             if item.get("type") == "function_call":
                 self.reply.add_tool(str(item.get("id")), item.get("name"))
         elif kind == "response.function_call_arguments.delta":
@@ -207,17 +207,17 @@ class UsageTracker:
 
     def _read_anthropic(self, obj: dict[str, Any], kind: str) -> None:
         if kind == "message_start":
-            message = obj.get("message") or {}
+            message = as_dict(obj.get("message"))
             self._set_model(message.get("model"))
             self._set_usage("anthropic", message.get("usage"), merge=True)
         elif kind == "content_block_start":
-            block = obj.get("content_block") or {}
+            block = as_dict(obj.get("content_block"))
             if block.get("type") in ("tool_use", "server_tool_use"):
                 self.reply.add_tool(f"block{obj.get('index')}", block.get("name"))
             else:
                 self.reply.add_text(block.get("text"))
         elif kind == "content_block_delta":
-            delta = obj.get("delta") or {}
+            delta = as_dict(obj.get("delta"))
             self.reply.add_text(delta.get("text"))
             self.reply.add_text(delta.get("thinking"))
             if "partial_json" in delta:

@@ -124,7 +124,7 @@ class ReplyText:
         for position, call in enumerate(_as_list(message.get("tool_calls"))):
             if not isinstance(call, dict):
                 continue
-            function = _as_dict(call.get("function"))
+            function = as_dict(call.get("function"))
             index = call.get("index", position)
             self.add_tool(f"{prefix}:{index}", function.get("name"), function.get("arguments"))
 
@@ -155,7 +155,7 @@ class ReplyText:
     def add_gemini_candidates(self, candidates: Any) -> None:
         """Collect the parts of Gemini `candidates`; each streamed function call arrives whole."""
         for candidate in candidates if isinstance(candidates, list) else []:
-            parts = _as_list(_as_dict(_as_dict(candidate).get("content")).get("parts"))
+            parts = _as_list(as_dict(as_dict(candidate).get("content")).get("parts"))
             for part in parts:
                 if not isinstance(part, dict):
                     continue
@@ -165,7 +165,7 @@ class ReplyText:
                     self.add_tool(f"gemini:{len(self._order)}", call.get("name"), call.get("args"))
 
 
-def _as_dict(value: Any) -> dict[str, Any]:
+def as_dict(value: Any) -> dict[str, Any]:
     """Return `value` if it is a JSON object, else an empty one: provider replies vary in shape."""
     return value if isinstance(value, dict) else {}
 
