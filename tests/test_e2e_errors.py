@@ -4,14 +4,13 @@ a message that names the value and the fix, and a row in the request log for eac
 from __future__ import annotations
 
 import socket
-import sqlite3
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.gateway_process import GatewayProcess, free_port
+from tests.logdb import wait_for, wait_row
 from tests.standins.ollama_api import OllamaStandIn
 
 CONFIG = """\
@@ -52,22 +51,8 @@ config:
 """
 
 
-def rows(db: Path, timeout: float = 10.0, count: int = 1) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    found: list[dict] = []
-    while time.monotonic() < deadline:
-        if db.exists():
-            conn = sqlite3.connect(db)
-            conn.row_factory = sqlite3.Row
-            try:
-                found = [dict(r) for r in conn.execute("select * from requests order by started_ms")]
-            except sqlite3.OperationalError:
-                found = []
-            conn.close()
-            if len(found) >= count:
-                return found
-        time.sleep(0.05)
-    raise AssertionError(f"expected {count} rows in {db}, found {len(found)}")
+def rows(db: Path, count: int = 1) -> list[dict]:
+    return wait_for(db, "select * from requests order by started_ms", count=count)
 
 
 def dead_port() -> int:
@@ -97,14 +82,7 @@ def post(base: str, body: bytes | str, route: str = "local", **headers: str) -> 
 
 
 def row_for(db: Path, response: httpx.Response) -> dict:
-    request_id = response.headers["x-meterway-request-id"]
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        for row in rows(db):
-            if row["id"] == request_id:
-                return row
-        time.sleep(0.05)
-    raise AssertionError(f"no row {request_id}")
+    return wait_row(db, response.headers["x-meterway-request-id"])
 
 
 def test_no_route_is_404_json(stack) -> None:
@@ -150,13 +128,9 @@ def test_upstream_unreachable_is_json_502(stack) -> None:
     assert response.status_code == 502
     assert response.headers["content-type"].startswith("application/json")
     assert "backend" in response.json()["error"]["message"]
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        unreachable = [r for r in rows(db) if r["outcome"] == "upstream_unreachable"]
-        if unreachable:
-            break
-        time.sleep(0.05)
-    assert unreachable and unreachable[-1]["status"] == 502
+    unreachable = wait_for(db, "select * from requests where outcome = 'upstream_unreachable' "
+                           "order by started_ms")
+    assert unreachable[-1]["status"] == 502
     assert unreachable[-1]["route"] == "dead"
 
 

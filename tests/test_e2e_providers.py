@@ -4,7 +4,6 @@ chat completions, Gemini's native API through google-genai, and Ollama's native 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from google import genai
 from google.genai import types as genai_types
 
 from tests.gateway_process import GatewayProcess, free_port
+from tests.logdb import wait_for, wait_row
 from tests.standins.anthropic_api import AnthropicStandIn
 from tests.standins.gemini_api import GeminiStandIn
 from tests.standins.ollama_api import OllamaStandIn
@@ -119,37 +119,13 @@ def now_ms() -> int:
 
 
 def row(db: Path, request_id: str) -> dict:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if db.exists():
-            conn = sqlite3.connect(db)
-            conn.row_factory = sqlite3.Row
-            try:
-                found = conn.execute("select * from requests where id = ?", [request_id]).fetchone()
-            except sqlite3.OperationalError:
-                found = None
-            conn.close()
-            if found:
-                return dict(found)
-        time.sleep(0.05)
-    raise AssertionError(f"no row {request_id}")
+    return wait_row(db, request_id)
 
 
 def latest_row(db: Path, route: str, after_ms: int) -> dict:
     """Wait for the newest row of a route that started after `after_ms`."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if db.exists():
-            conn = sqlite3.connect(db)
-            conn.row_factory = sqlite3.Row
-            found = conn.execute(
-                "select * from requests where route = ? and started_ms >= ? order by started_ms desc limit 1",
-                [route, after_ms]).fetchone()
-            conn.close()
-            if found:
-                return dict(found)
-        time.sleep(0.05)
-    raise AssertionError(f"no row for route {route}")
+    return wait_for(db, "select * from requests where route = ? and started_ms >= ? "
+                    "order by started_ms desc limit 1", [route, after_ms])[0]
 
 
 def test_anthropic_native_messages(stack) -> None:

@@ -17,6 +17,7 @@ import openai
 import pytest
 
 from tests.gateway_process import REPO, GatewayProcess, copy_config
+from tests.logdb import wait_row
 from tests.routerthread import ThreadedRouter
 from tests.standins.gemini_api import GeminiStandIn
 from tests.standins.ollama_api import OllamaStandIn
@@ -48,23 +49,12 @@ class SeedStack:
         for standin in (self.openai, self.gemini, self.ollama):
             standin.reset()
 
-    def row(self, request_id: str, timeout: float = 10.0) -> dict:
+    def row(self, request_id: str) -> dict:
         """Wait for the writer thread to store the row, then return it."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.db.exists():
-                conn = sqlite3.connect(self.db)
-                conn.row_factory = sqlite3.Row
-                try:
-                    found = conn.execute("select * from requests where id = ?", [request_id]).fetchone()
-                except sqlite3.OperationalError:
-                    found = None
-                finally:
-                    conn.close()
-                if found is not None:
-                    return dict(found)
-            time.sleep(0.05)
-        raise AssertionError(f"no row {request_id} in {self.db}; gateway log:\n{self.gateway.log()}")
+        try:
+            return wait_row(self.db, request_id)
+        except AssertionError as error:
+            raise AssertionError(f"{error}; gateway log:\n{self.gateway.log()}") from None
 
 
 @pytest.fixture(scope="module")
