@@ -1,7 +1,9 @@
 """The UI pages in headless Chromium, driven over the Chrome DevTools Protocol.
 
 Runs `meterway.ui.serve` in a subprocess on a sample log, loads each page, checks for
-console errors, drawn charts, totals and links, and saves screenshots to docs/screenshots/.
+console errors, drawn charts, totals and links, and saves screenshots. They go to a temporary
+folder unless METERWAY_SCREENSHOTS_DIR names one: set it to docs/screenshots to refresh the
+README's pictures.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -28,7 +31,7 @@ from datasette_plugins.formatting import format_count
 from tests.test_ui_plugins import build_sample_log
 
 ROOT = Path(__file__).resolve().parent.parent
-SCREENSHOTS = ROOT / "docs" / "screenshots"
+SCREENSHOTS = Path(os.environ.get("METERWAY_SCREENSHOTS_DIR") or tempfile.mkdtemp(prefix="meterway-shots-"))
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 if CHROMIUM is None:
