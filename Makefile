@@ -5,6 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 ENVOY_VENV := .venv-envoy
 CONFIG ?= configs/default.yaml
+# A router config starts the built-in semantic router beside the gateway, for configs whose
+# extProc policy points at it: make run CONFIG=configs/homelab.yaml ROUTER=configs/router.yaml
+ROUTER ?=
 
 .PHONY: run test check ui bench clean
 
@@ -22,7 +25,7 @@ $(BIN)/meterway: pyproject.toml
 
 # The gateway and its UI on the embedded default: SQLite beside the config.
 run: $(BIN)/meterway
-	$(BIN)/meterway run $(CONFIG) --ui
+	$(BIN)/meterway run $(CONFIG) --ui $(if $(ROUTER),--router $(ROUTER))
 
 check: $(BIN)/meterway
 	$(BIN)/meterway check $(CONFIG)
