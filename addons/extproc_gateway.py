@@ -1,8 +1,8 @@
 """The `extProc` policies: their ext_proc clients and the calls each flow makes.
 
-The router sees the request's headers and buffered body and answers with changes, or with a
-response of its own. This module turns those answers into changes to the mitmproxy flow and
-records what happened in the flow record (`router_*` columns).
+A router receives the request's headers and buffered body and replies with changes, or with a
+response of its own. This module applies those replies to the mitmproxy flow and records what
+happened in the flow record (`router_*` columns).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 # Pseudo-headers travel in the ext_proc header map but are not HTTP headers of the flow.
 _PSEUDO = (":method", ":scheme", ":authority", ":path")
 
-# What makes two `extProc` policies share a client: target, options, failure mode, timeout.
+# The identity of an `extProc` policy's client: target, options, failure mode, timeout.
 _PolicyKey = tuple[str, str, str, float]
 
 

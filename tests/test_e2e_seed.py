@@ -100,7 +100,8 @@ def test_code_prompt_goes_to_ollama(seed: SeedStack) -> None:
     assert received.path == "/v1/chat/completions"
     assert received.json["model"] == "qwen2.5-coder:7b"
     assert received.header("authorization") is None
-    assert seed.openai.received == [] and seed.gemini.received == []
+    assert seed.openai.received == []
+    assert seed.gemini.received == []
     assert "ollama" in completion.choices[0].message.content
 
     row = seed.row(request_id)
@@ -110,10 +111,12 @@ def test_code_prompt_goes_to_ollama(seed: SeedStack) -> None:
     assert row["routed_model"] == "qwen2.5-coder:7b"
     assert row["router_outcome"] == "ok"
     assert json.loads(row["router_headers"]) == {"x-selected-model": "qwen-coder"}
-    assert row["status"] == 200 and row["outcome"] == "ok"
+    assert row["status"] == 200
+    assert row["outcome"] == "ok"
     assert row["input_tokens"] == completion.usage.prompt_tokens
     assert row["output_tokens"] == completion.usage.completion_tokens
-    assert row["cost_usd"] == 0 and row["cost_status"] == "local"
+    assert row["cost_usd"] == 0
+    assert row["cost_status"] == "local"
 
     conn = sqlite3.connect(seed.db)
     stored = json.loads(conn.execute("select client_request from payloads where request_id = ?",
@@ -150,7 +153,8 @@ def test_translate_prompt_goes_to_gemini(seed: SeedStack) -> None:
     assert received.header("authorization") == f"Bearer {GEMINI_KEY}"
 
     row = seed.row(request_id)
-    assert row["backend"] == "gemini" and row["provider"] == "gcp.gemini"
+    assert row["backend"] == "gemini"
+    assert row["provider"] == "gcp.gemini"
     assert row["routed_model"] == "gemini-2.5-flash"
     assert row["cost_status"] == "priced"
 
@@ -184,7 +188,8 @@ def test_streaming_client_asked_for_usage(seed: SeedStack) -> None:
         messages=[{"role": "user", "content": "python code please"}],
     )
     chunks = list(stream)
-    assert chunks[-1].usage is not None and chunks[-1].choices == []
+    assert chunks[-1].usage is not None
+    assert chunks[-1].choices == []
 
 
 def test_router_down_fails_open_to_fallback(seed: SeedStack) -> None:
@@ -207,7 +212,9 @@ def test_models_list_answered_by_gateway(seed: SeedStack) -> None:
     seed.reset()
     models = {model.id for model in seed.client().models.list()}
     assert {"MoM", "inteli-llm", "qwen2.5-coder:7b", "gpt-4o", "gemini-2.5-flash"} <= models
-    assert seed.openai.received == [] and seed.gemini.received == [] and seed.ollama.received == []
+    assert seed.openai.received == []
+    assert seed.gemini.received == []
+    assert seed.ollama.received == []
 
 
 def test_bad_json_gets_openai_error(seed: SeedStack) -> None:
