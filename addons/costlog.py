@@ -20,7 +20,6 @@ from addons import record as flowrecord
 from addons.config import Config
 from addons import tokens
 from addons.anthropic_translate import MessagesStreamToChat, error_to_openai, messages_to_chat
-from addons.conversation import prompt_text
 from addons.logrow import StoredBody, base_row, flow_blob, request_json, response_json
 from addons.pricing import PriceCatalog
 from addons.redact import Redactor
@@ -28,6 +27,7 @@ from addons.retention import RetentionPolicy
 from addons.store import RequestStore
 from addons.streamtap import StreamTap
 from addons.usage import UsageTracker
+from addons.usage_text import request_text
 
 logger = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ class CostLog:
                 "flow": flow_blob(flow, flow.metadata.get(flowrecord.CLIENT_REQUEST_KEY),
                                   bytes(tap.kept) if tap else None, self.redactor),
             }
-        fts = (prompt_text(_json(client_body.decoded)), tracker.text) if payload is not None else None
+        fts = (request_text(_json(client_body.decoded)), tracker.text) if payload is not None else None
         return row, payload, fts
 
     @staticmethod

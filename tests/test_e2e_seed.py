@@ -17,7 +17,7 @@ import openai
 import pytest
 
 from tests.gateway_process import REPO, GatewayProcess, copy_config
-from tests.logdb import wait_row
+from tests.logdb import wait_for, wait_row
 from tests.routerthread import ThreadedRouter
 from tests.standins.gemini_api import GeminiStandIn
 from tests.standins.ollama_api import OllamaStandIn
@@ -125,6 +125,11 @@ def test_code_prompt_goes_to_ollama(seed: SeedStack) -> None:
     assert stored["url"] == "http://127.0.0.1:3000/v1/chat/completions"
     assert ["Host", "127.0.0.1:3000"] in stored["headers"] or ["host", "127.0.0.1:3000"] in stored["headers"]
     assert json.loads(stored["body"])["model"] == "MoM"
+
+    # The prompt and the answer are searchable.
+    found = wait_for(seed.db, "select r.id from requests_fts f join requests r on r.rowid = f.rowid "
+                     "where requests_fts match 'numbers AND stand'")
+    assert request_id in [hit["id"] for hit in found]
 
 
 def test_analysis_prompt_goes_to_openai_over_tls(seed: SeedStack) -> None:
