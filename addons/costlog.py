@@ -20,7 +20,7 @@ from addons import record as flowrecord
 from addons.config import Config
 from addons import tokens
 from addons.anthropic_translate import MessagesStreamToChat, error_to_openai, messages_to_chat
-from addons.logrow import StoredBody, base_row, flow_blob, request_json, response_json
+from addons.logrow import StoredBody, base_row, flow_blob, request_json, request_state_json, response_json
 from addons.pricing import PriceCatalog
 from addons.redact import Redactor
 from addons.retention import RetentionPolicy
@@ -168,8 +168,11 @@ class CostLog:
         self._status(flow, rec, row)
 
         max_bytes = self._max_bytes()
-        client = flowrecord.client_request(flow) or flow.request
-        client_text, client_body = request_json(client, max_bytes, self.redactor)
+        client_state = flow.metadata.get(flowrecord.CLIENT_REQUEST_KEY)
+        if isinstance(client_state, dict):
+            client_text, client_body = request_state_json(client_state, max_bytes, self.redactor)
+        else:  # refused before the snapshot: the request is still as the client sent it
+            client_text, client_body = request_json(flow.request, max_bytes, self.redactor)
         upstream_text = None
         if rec.get("upstream"):
             upstream_text, _ = request_json(flow.request, max_bytes, self.redactor)

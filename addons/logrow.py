@@ -7,6 +7,7 @@ from typing import Any
 
 from mitmproxy import http
 from mitmproxy.io import tnetstring
+from mitmproxy.net.http.url import unparse as unparse_url
 
 from addons import record as flowrecord
 from addons.auth import CREDENTIAL_HEADERS, CREDENTIAL_QUERY, REDACTED
@@ -65,6 +66,30 @@ def request_json(request: http.Request, max_bytes: int, redactor: Redactor) -> t
     return text, body
 
 
+def _text(value: bytes | str) -> str:
+    # Request state keeps host as str and the other fields as bytes.
+    return value if isinstance(value, str) else value.decode("utf-8", "replace")
+
+
+def request_state_json(state: dict[str, Any], max_bytes: int, redactor: Redactor) -> tuple[str, StoredBody]:
+    """Describe a request kept as `Request.get_state()` as the stored JSON text.
+
+    Reads the state dict directly: rebuilding a Request from it type-checks every field and
+    cost more per request than the rest of this. Credentials in it were redacted on arrival.
+    """
+    headers = [[_text(name), _text(value)] for name, value in state["headers"]]
+    encoding = next((value for name, value in headers if name.lower() == "content-encoding"), None)
+    body = StoredBody(state.get("content"), encoding, max_bytes, redactor)
+    url = unparse_url(_text(state["scheme"]), _text(state["host"]), state["port"], _text(state["path"]))
+    text = json.dumps({
+        "method": _text(state["method"]),
+        "url": redactor.text(url),
+        "headers": [[name, REDACTED if name.lower() in CREDENTIAL_HEADERS else value] for name, value in headers],
+        "body": body.text,
+    }, ensure_ascii=False)
+    return text, body
+
+
 def response_json(response: http.Response, body: StoredBody) -> str:
     """Describe a response as the stored JSON text."""
     return json.dumps({
@@ -92,7 +117,14 @@ def flow_blob(flow: http.HTTPFlow, client_state: dict[str, Any] | None, response
     three times as long per request (measured with bench/profiled.py). Credentials in a query
     string were already redacted when the request arrived, before the client snapshot.
     """
-    state = flow.get_state()
+    # get_state() deep-copies the metadata, which holds the client snapshot too; the blob
+    # keeps only the record, so only the record is copied.
+    metadata = flow.metadata
+    flow.metadata = {flowrecord.RECORD_KEY: dict(flowrecord.get(flow) or {})}
+    try:
+        state = flow.get_state()
+    finally:
+        flow.metadata = metadata
     state["backup"] = None
     if client_state is not None:
         state["request"] = dict(client_state)
@@ -105,7 +137,6 @@ def flow_blob(flow: http.HTTPFlow, client_state: dict[str, Any] | None, response
             headers = tuple((n, v) for n, v in headers if n.lower() != b"content-encoding")
             response["content"] = response_body
         response["headers"] = _redacted_header_state(headers)
-    state["metadata"] = {flowrecord.RECORD_KEY: dict(flowrecord.get(flow) or {})}
     return redactor.bytes(tnetstring.dumps(state)) or b""
 
 
