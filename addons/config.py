@@ -1,4 +1,4 @@
-"""The config addon: loads the gateway YAML and opens the listeners it asks for.
+"""The config addon: loads the gateway YAML and opens the listeners it names.
 
 mitmproxy honours a `mode` change only once it is running, so the listeners are applied in
 `running()` and again after every reload. Each listener is a reverse-mode server whose target
@@ -194,7 +194,7 @@ class Config:
         return [f"reverse:{PLACEHOLDER_TARGET}@{host_part}:{port}" for port in sorted(self.listeners)]
 
     def apply_listeners(self) -> None:
-        """Replace mitmproxy's listeners with the ones the config asks for."""
+        """Replace mitmproxy's listeners with the ones the config names."""
         if not self.listeners:
             return
         modes = self.modes()

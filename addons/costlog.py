@@ -124,7 +124,7 @@ class CostLog:
         self._finish(flow, rec)
 
     def _translate_body(self, flow: http.HTTPFlow, rec: dict[str, Any]) -> None:
-        """Turn a buffered Anthropic answer into an OpenAI chat completion for the client."""
+        """Turn a buffered Anthropic response into an OpenAI chat completion for the client."""
         response = flow.response
         parsed = _json(response.get_content(strict=False))
         if not isinstance(parsed, dict):
@@ -171,7 +171,7 @@ class CostLog:
         client_state = flow.metadata.get(flowrecord.CLIENT_REQUEST_KEY)
         if isinstance(client_state, dict):
             client_text, client_body = request_state_json(client_state, max_bytes, self.redactor)
-        else:  # refused before the snapshot: the request is still as the client sent it
+        else:  # rejected before the snapshot: the request is still as the client sent it
             client_text, client_body = request_json(flow.request, max_bytes, self.redactor)
         upstream_text = None
         if rec.get("upstream"):
@@ -230,8 +230,8 @@ class CostLog:
         row["duration_ms"] = round((end - start) * 1000, 3) if end else None
         first = tap.first_byte_at if tap is not None else None
         if first is None and response is not None and response.raw_content:
-            # NOTE: for a buffered body mitmproxy keeps no first-byte time, so the headers'
-            # arrival stands in for it.
+            # NOTE: for a buffered body mitmproxy keeps no first-byte time, so the time the
+            # headers arrived is used instead.
             first = response.timestamp_start
         row["ttft_ms"] = round((first - start) * 1000, 3) if first else None
 
@@ -243,7 +243,12 @@ class CostLog:
         if error is not None and not (response is not None and response.stream):
             # A buffered response that failed was never sent: the client got mitmproxy's
             # error page instead (504 for the gateway's own timeout), or nothing at all.
-            row["status"] = None if disconnected else 504 if rec.get("outcome") == "timeout" else 502
+            if disconnected:
+                row["status"] = None
+            elif rec.get("outcome") == "timeout":
+                row["status"] = 504
+            else:
+                row["status"] = 502
         if rec.get("outcome"):
             row["outcome"] = rec["outcome"]
         elif disconnected:
@@ -253,7 +258,7 @@ class CostLog:
         elif error is not None and not _upstream_connected(flow):
             row["outcome"] = "upstream_unreachable"
         elif error is not None:
-            # The upstream was reached but its answer broke: reset, truncated or not HTTP.
+            # The upstream was reached but its response broke: reset, truncated or not HTTP.
             row["outcome"] = "upstream_error"
         elif response is not None and response.status_code >= 400:
             row["outcome"] = "upstream_error"

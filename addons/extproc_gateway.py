@@ -109,7 +109,7 @@ class RouterCalls:
 
     async def before_route(self, flow: http.HTTPFlow, rec: dict[str, Any],
                            body: dict[str, Any] | None) -> dict[str, Any] | None:
-        """Call the gateway-phase router for this request and apply its answer to the flow.
+        """Call the gateway-phase router for this request and apply its reply to the flow.
 
         Returns the new JSON body when the router changed it, else None. When the router
         answers itself (or fails closed) the flow gets that response.
@@ -120,7 +120,7 @@ class RouterCalls:
 
     async def after_route(self, flow: http.HTTPFlow, rec: dict[str, Any], policy: Any | None,
                           level: str = "route") -> dict[str, Any] | None:
-        """Call the router of the chosen route's `extProc` policy and apply its answer.
+        """Call the router of the chosen route's `extProc` policy and apply its reply.
 
         It runs after the route and backend are chosen, so its changes to headers, path and
         body reach the upstream but cannot change the route. Returns the new JSON body when
@@ -177,7 +177,7 @@ class RouterCalls:
         return apply_request_decision(request, rec, decision)
 
     async def after_response_headers(self, flow: http.HTTPFlow, rec: dict[str, Any]) -> None:
-        """Send the response headers to each of the flow's routers that asks for them, and apply the replies.
+        """Send the response headers to each of the flow's routers whose policy sends them, and apply the replies.
 
         The innermost router (the last one the request reached) goes first, as Envoy runs
         response filters in reverse order. Header mutations and a `:status` change apply to
@@ -216,7 +216,7 @@ class RouterCalls:
         """Finish the flow's ext_proc exchanges: send a buffered response body to each router, then close the streams.
 
         A router's replacement body from the response-headers phase is restored first. The
-        innermost router gets the body first, and its changes are what the next one sees.
+        innermost router gets the body first, and the next one receives the body with those changes.
         Called from the `response` and `error` hooks.
         """
         replaced_body = self._replacements.pop(flow, None)

@@ -82,12 +82,12 @@ class Router:
         rec["api"] = classify_api(flow.request.path)
         problem = header_problem(flow.request.headers.fields)
         if problem is not None:
-            self._refuse(flow, 400, problem, code="invalid_header")
+            self._reject(flow, 400, problem, code="invalid_header")
             return
         limit = self._body_limit()
         length = flow.request.headers.get("content-length", "")
         if limit and length.isdigit() and int(length) > limit:
-            self._refuse(flow, 413, f"request body of {length} bytes is over the gateway's limit of {limit} "
+            self._reject(flow, 413, f"request body of {length} bytes is over the gateway's limit of {limit} "
                          "bytes (frontendPolicies.http.maxBufferSize); send a smaller request or raise the limit",
                          code="request_too_large")
 
@@ -97,13 +97,13 @@ class Router:
         http_policy = getattr(policies, "http", None)
         return getattr(http_policy, "max_buffer_size", None)
 
-    def _refuse(self, flow: http.HTTPFlow, status: int, message: str, *, code: str | None = None,
+    def _reject(self, flow: http.HTTPFlow, status: int, message: str, *, code: str | None = None,
                 param: str | None = None) -> None:
         rec = flowrecord.get(flow) or flowrecord.start(flow, None)
         rec["outcome"] = "gateway_error"
         rec["error"] = message
         flow.response = error_response(status, message, code=code, param=param, api=rec.get("api"))
-        logger.info("refused %s %s (flow %s): %s", flow.request.method, flow.request.path, flow.id, message)
+        logger.info("rejected %s %s (flow %s): %s", flow.request.method, flow.request.path, flow.id, message)
 
     async def request(self, flow: http.HTTPFlow) -> None:
         rec = flowrecord.get(flow)
@@ -112,19 +112,19 @@ class Router:
         flowrecord.snapshot_client_request(flow)
         listener = self.config.listener_for(rec.get("bind"))
         if listener is None:
-            self._refuse(flow, 404, f"port {rec.get('bind')} is not a listener of this gateway config; "
+            self._reject(flow, 404, f"port {rec.get('bind')} is not a listener of this gateway config; "
                          "send requests to one of its binds[].port or llm.port", code="no_listener")
             return
         limit = self._body_limit()
         if limit and len(flow.request.raw_content or b"") > limit:
-            self._refuse(flow, 413, f"request body of {len(flow.request.raw_content or b'')} bytes is over the "
+            self._reject(flow, 413, f"request body of {len(flow.request.raw_content or b'')} bytes is over the "
                          f"gateway's limit of {limit} bytes (frontendPolicies.http.maxBufferSize); send a "
                          "smaller request or raise the limit", code="request_too_large")
             return
         try:
             body = parse_json_body(flow.request) if flow.request.method not in ("GET", "HEAD") else None
         except BadRequest as err:
-            self._refuse(flow, err.status, str(err), param=err.param)
+            self._reject(flow, err.status, str(err), param=err.param)
             return
         rec["requested_model"] = body.get("model") if body else None
         if rec["requested_model"] is None and rec["api"] == "generate_content":
@@ -163,7 +163,7 @@ class Router:
         else:
             selected = facts.headers.get("x-selected-model")
             hint = f" (x-selected-model: {selected})" if selected else ""
-            self._refuse(flow, 404, f"no route on port {listener.port} matches {facts.method} {facts.path}{hint}; "
+            self._reject(flow, 404, f"no route on port {listener.port} matches {facts.method} {facts.path}{hint}; "
                          "add a route without `matches` as a fallback", code="no_route")
             return
         route = choice.route
@@ -171,14 +171,14 @@ class Router:
             self._route_policies[flow] = route.policies
         backends = [b for b in route.backends if b.weight > 0] or list(route.backends)
         if not backends:
-            self._refuse(flow, 500, f"route {route_name(route, listener.port, listener_index, choice.index, None)} "
+            self._reject(flow, 500, f"route {route_name(route, listener.port, listener_index, choice.index, None)} "
                          "has no backends; give it at least one", code="no_backend")
             return
         backend = random.choices(backends, weights=[max(b.weight, 1) for b in backends])[0]
         ai = backend.ai
         rec["route"] = route_name(route, listener.port, listener_index, choice.index, ai.name if ai else None)
         if ai is None:
-            self._refuse(flow, 500, f"route {rec['route']} uses a non-AI backend, which meterway does not "
+            self._reject(flow, 500, f"route {rec['route']} uses a non-AI backend, which meterway does not "
                          "serve yet; use an `ai` backend", code="unsupported_backend")
             return
         aliases = {}
@@ -219,7 +219,7 @@ class Router:
         try:
             target = resolve_llm_model(self.config.gateway.llm, rec.get("requested_model"), self.config.llm_keys)
         except LlmRouteError as err:
-            self._refuse(flow, 404, str(err), code="model_not_found", param="model")
+            self._reject(flow, 404, str(err), code="model_not_found", param="model")
             return
         rec["route"] = f"llm/{target.name}"
         self._send(flow, rec, body, usage_asked, provider_kind=target.provider_kind, backend_name=target.name,
@@ -233,7 +233,7 @@ class Router:
         try:
             provider = provider_for(provider_kind)
         except UnsupportedProvider as err:
-            self._refuse(flow, 500, str(err), code="unsupported_provider")
+            self._reject(flow, 500, str(err), code="unsupported_provider")
             return
         rec["backend"] = backend_name
         rec["provider"] = provider.catalog_id
@@ -254,7 +254,7 @@ class Router:
             try:
                 body = chat_to_messages(body)
             except TranslationError as err:
-                self._refuse(flow, 400, str(err), code="unsupported_for_anthropic")
+                self._reject(flow, 400, str(err), code="unsupported_for_anthropic")
                 return
             rec["translate"] = "anthropic"
             rec["client_usage"] = usage_asked

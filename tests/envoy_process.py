@@ -21,7 +21,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.gateway_process import REPO, free_port, wait_for_port
+from tests.gateway_process import REPO, free_port, stop_process, wait_for_port
 
 ENVOY_BIN = REPO / ".venv-envoy" / "bin" / "envoy"
 
@@ -214,14 +214,7 @@ class EnvoyProcess:
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """Stop with SIGTERM and return the exit status."""
-        if self.process is None or self.process.poll() is not None:
-            return self.process.returncode if self.process else None
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+        return stop_process(self.process, signal.SIGTERM, timeout)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

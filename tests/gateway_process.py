@@ -36,6 +36,18 @@ def wait_for_port(port: int, timeout: float = 20.0, process: subprocess.Popen | 
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
 
 
+def stop_process(process: subprocess.Popen | None, signum: int, timeout: float) -> int | None:
+    """Send `signum`, wait up to `timeout` seconds, then kill; return the exit status."""
+    if process is None or process.poll() is not None:
+        return process.returncode if process else None
+    process.send_signal(signum)
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
+
+
 def copy_config(source: Path, folder: Path, *extra: Path) -> Path:
     """Copy a config file byte for byte (plus files it refers to) into a test folder."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -98,14 +110,7 @@ class GatewayProcess:
 
     def stop(self, timeout: float = 15.0) -> int | None:
         """Stop with SIGINT, as Ctrl-C does, and return the exit status."""
-        if self.process is None or self.process.poll() is not None:
-            return self.process.returncode if self.process else None
-        self.process.send_signal(signal.SIGINT)
-        try:
-            return self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+        return stop_process(self.process, signal.SIGINT, timeout)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

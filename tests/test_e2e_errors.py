@@ -1,4 +1,4 @@
-"""Errors the gateway answers itself, under a real gateway process: JSON in the OpenAI format,
+"""Errors the gateway sends itself, under a real gateway process: JSON in the OpenAI format,
 a message that names the value and the fix, and a row in the request log for each."""
 
 from __future__ import annotations
@@ -90,7 +90,8 @@ def test_no_route_is_404_json(stack) -> None:
     response = post(base, '{"model": "m", "messages": []}', route="elsewhere")
     assert response.status_code == 404
     message = response.json()["error"]["message"]
-    assert "no route" in message and "fallback" in message
+    assert "no route" in message
+    assert "fallback" in message
     assert row_for(db, response)["outcome"] == "gateway_error"
 
 
@@ -99,7 +100,8 @@ def test_model_not_string_is_400(stack) -> None:
     response = post(base, '{"model": 42, "messages": []}')
     assert response.status_code == 400
     error = response.json()["error"]
-    assert "`model` must be a string" in error["message"] and "42" in error["message"]
+    assert "`model` must be a string" in error["message"]
+    assert "42" in error["message"]
     assert error["param"] == "model"
     assert row_for(db, response)["status"] == 400
 
