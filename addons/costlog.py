@@ -7,10 +7,11 @@ The event loop never waits on SQLite: `RequestStore.submit` only enqueues.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-import threading
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -50,6 +51,8 @@ class CostLog:
         self.observers: list[Callable[[dict[str, Any]], None]] = []
         # Given a flow whose response is about to stream, each returns a chunk observer or None.
         self.stream_observers: list[Callable[[http.HTTPFlow], Any]] = []
+        # Rows whose token estimate waits for a tiktoken encoding to load, by encoding name.
+        self._waiting: dict[str, list[tuple[_Estimate, dict, dict | None, tuple | None]]] = {}
         config.on_reload(self._reconfigure)
 
     def _reconfigure(self, gateway: Any) -> None:
@@ -71,11 +74,11 @@ class CostLog:
             self.store.start()
             logger.info("request log: %s", path)
 
-    def running(self) -> None:
-        # Off the event loop: building the tiktoken encodings takes seconds of CPU.
-        threading.Thread(target=tokens.preload, name="tiktoken-preload", daemon=True).start()
-
     def done(self) -> None:
+        # Rows still waiting for an encoding are finished here, loading it on this thread:
+        # at shutdown a short wait is better than losing them.
+        for name in list(self._waiting):
+            self._release(name)
         if self.store is not None:
             self.store.stop()
             stats = self.store.stats
@@ -147,20 +150,57 @@ class CostLog:
         if rec.get("logged"):
             return
         rec["logged"] = True
+        estimate = None
         try:
-            row, payload, fts = self._build(flow, rec)
+            row, payload, fts, estimate = self._build(flow, rec)
         except Exception:  # a bug here must not lose the flow's row entirely
             logger.exception("flow %s: building the log row failed; storing the basic row", flow.id)
             row, payload, fts = base_row(rec), None, None
+        if estimate is not None and not tokens.is_loaded(estimate.encoding):
+            self._wait_for_encoding(estimate, row, payload, fts)
+            return
+        if estimate is not None:
+            self._apply_estimate(estimate, row)
+        self._submit(row, payload, fts)
+
+    def _submit(self, row: dict[str, Any], payload: dict | None, fts: tuple | None) -> None:
         if self.store is not None:
             self.store.submit(row, payload, fts)
         for observe in self.observers:
             try:
                 observe(row)
             except Exception:  # monitoring must never cost a request its row
-                logger.exception("flow %s: a row observer failed", flow.id)
+                logger.exception("request %s: a row observer failed", row.get("id"))
 
-    def _build(self, flow: http.HTTPFlow, rec: dict[str, Any]) -> tuple[dict, dict | None, tuple | None]:
+    def _wait_for_encoding(self, estimate: _Estimate, row: dict[str, Any], payload: dict | None,
+                           fts: tuple | None) -> None:
+        """Park a row until its encoding is built in a thread; the loop goes on meanwhile."""
+        name = estimate.encoding
+        waiting = self._waiting.setdefault(name, [])
+        waiting.append((estimate, row, payload, fts))
+        if len(waiting) > 1:
+            return  # the load is already under way
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # called outside the event loop: nothing to keep responsive
+            self._release(name)
+            return
+        tokens.load_in_thread(name, lambda: loop.call_soon_threadsafe(self._release, name))
+
+    def _release(self, name: str) -> None:
+        for estimate, row, payload, fts in self._waiting.pop(name, []):
+            self._apply_estimate(estimate, row)
+            self._submit(row, payload, fts)
+
+    def _apply_estimate(self, estimate: _Estimate, row: dict[str, Any]) -> None:
+        try:
+            usage = estimate.tracker.estimate(estimate.request_obj, estimate.model)
+        except tokens.EncodingDataError:  # already logged by the loader; the row says none
+            usage = None
+        self._apply_usage(estimate.rec, row, usage)
+
+    def _build(self, flow: http.HTTPFlow, rec: dict[str, Any]) -> tuple[dict, dict | None, tuple | None,
+                                                                          _Estimate | None]:
         row = base_row(rec)
         response = flow.response
         tap, tracker = self._taps.pop(flow, (None, None))
@@ -201,7 +241,7 @@ class CostLog:
                     row["error"] = self.redactor.text(_error_message(parsed, response.status_code))
             response_text = response_json(response, response_body)
 
-        self._usage_and_cost(rec, row, tracker, client_body)
+        estimate = self._usage_and_cost(rec, row, tracker, client_body)
         payload = None
         if self.config.gateway.meterway.payloads.store:
             payload = {
@@ -216,7 +256,7 @@ class CostLog:
                                   bytes(tap.kept) if tap else None, self.redactor),
             }
         fts = (request_text(_json(client_body.decoded)), tracker.text) if payload is not None else None
-        return row, payload, fts
+        return row, payload, fts, estimate
 
     @staticmethod
     def _timings(flow: http.HTTPFlow, row: dict[str, Any], tap: StreamTap | None) -> None:
@@ -270,12 +310,17 @@ class CostLog:
             row["error"] = self.redactor.text(row["error"])
 
     def _usage_and_cost(self, rec: dict[str, Any], row: dict[str, Any], tracker: Any,
-                        client_body: StoredBody) -> None:
+                        client_body: StoredBody) -> _Estimate | None:
+        """Fill the usage and cost columns, or return the estimate they wait for."""
         usage = tracker.result()
         has_usage = usage is not None and usage.source == "provider"
         if not has_usage and row["outcome"] in ("ok", "client_disconnected") and rec.get("upstream") \
                 and rec.get("api") in ("chat_completions", "responses", "messages", "generate_content", "ollama_chat"):
-            usage = tracker.estimate(_json(client_body.decoded), rec.get("routed_model"))
+            return _Estimate(rec, tracker, _json(client_body.decoded), rec.get("routed_model"))
+        self._apply_usage(rec, row, usage)
+        return None
+
+    def _apply_usage(self, rec: dict[str, Any], row: dict[str, Any], usage: Any) -> None:
         if usage is not None:
             row["response_model"] = usage.response_model
             for field in ("input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens",
@@ -290,6 +335,20 @@ class CostLog:
         for field in ("cost_usd", "cost_input_usd", "cost_output_usd", "cost_cache_read_usd",
                       "cost_cache_write_usd", "cost_status", "price_source"):
             row[field] = getattr(cost, field)
+
+
+@dataclass
+class _Estimate:
+    """A token estimate that a row still needs: tiktoken counts for a reply without usage."""
+
+    rec: dict[str, Any]
+    tracker: UsageTracker
+    request_obj: Any
+    model: str | None
+
+    @property
+    def encoding(self) -> str:
+        return tokens.encoding_for_model(self.model)
 
 
 def _upstream_connected(flow: http.HTTPFlow) -> bool:

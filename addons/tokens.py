@@ -62,18 +62,28 @@ def get_encoding(name: str) -> tiktoken.Encoding:
         return encoding
 
 
-def preload() -> None:
-    """Load both encodings now; the gateway calls this from a thread at start.
+def is_loaded(name: str) -> bool:
+    """Tell whether `count` can use encoding `name` without building it first."""
+    return name in _encodings
 
-    Building an encoding takes seconds of CPU, and the first estimate would otherwise pay it on
-    the event loop and stall every flow for that long.
+
+def load_in_thread(name: str, on_done: Callable[[], None]) -> None:
+    """Build encoding `name` in a thread, then call `on_done` from that thread.
+
+    Building an encoding takes about half a second of CPU. The gateway builds one only when
+    the first reply without usage needs it, and never on the event loop, where it would stall
+    every flow. A load that fails is logged once and `on_done` still runs, so the rows that
+    waited are stored (their counts then come from `count`, which raises again).
     """
-    for name in ("o200k_base", "cl100k_base"):
+    def run() -> None:
         try:
             get_encoding(name)
         except EncodingDataError as error:
             logger.warning("token counting is unavailable: %s", error)
-            return
+        finally:
+            on_done()
+
+    threading.Thread(target=run, name=f"tiktoken-{name}", daemon=True).start()
 
 
 def count(text: str, model: str | None = None) -> int:

@@ -8,6 +8,7 @@ import json
 import threading
 from pathlib import Path
 
+import bpe_openai
 import httpx
 import pytest
 from aiohttp import web
@@ -40,6 +41,7 @@ meterway:
 CHAT = {"id": "c1", "object": "chat.completion", "model": "m",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
+NO_USAGE = json.dumps({key: value for key, value in CHAT.items() if key != "usage"}).encode()
 BAD_GZIP = json.dumps(CHAT).encode()  # labelled gzip below, but plain JSON
 NOT_UTF8 = json.dumps({**CHAT, "model": "m-\udcff"}, ensure_ascii=False).encode("utf-8", "surrogateescape")
 BIG_EMBEDDING = json.dumps({
@@ -58,6 +60,8 @@ class OddUpstream:
 
     async def chat(self, request: web.Request) -> web.Response:
         kind = request.headers.get("x-odd")
+        if kind == "no-usage":
+            return web.Response(body=NO_USAGE, headers={"content-type": "application/json"})
         if kind == "bad-gzip":
             return web.Response(body=BAD_GZIP, headers={"content-type": "application/json",
                                                         "content-encoding": "gzip"})
@@ -136,3 +140,21 @@ def test_large_body_is_capped_in_the_log(stack) -> None:
     assert stored["response_bytes"] == len(BIG_EMBEDDING)
     assert stored["truncated"] == 1
     assert len(json.loads(stored["response"])["body"].encode()) <= 65536
+
+
+def test_reply_without_usage_is_estimated_after_a_lazy_load(stack) -> None:
+    base, db, gateway = stack
+    prompt = "Count these words for me please"
+    response = httpx.post(f"{base}/v1/chat/completions", headers={"x-odd": "no-usage"},
+                          json={"model": "gpt-4o", "messages": [{"role": "user", "content": prompt}]})
+    assert response.status_code == 200
+    assert response.content == NO_USAGE
+    row = wait_row(db, response.headers["x-meterway-request-id"])
+    encoding = bpe_openai.get_encoding("o200k_base")
+    assert row["usage_source"] == "estimated"
+    assert row["input_tokens"] == len(encoding.encode(prompt))
+    assert row["output_tokens"] == len(encoding.encode("hi"))
+    # Encodings are built when a reply without usage first needs one, and only that one.
+    log = gateway.log()
+    assert "loaded tiktoken encoding o200k_base" in log
+    assert "cl100k_base" not in log
