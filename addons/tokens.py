@@ -10,10 +10,11 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
-import importlib.resources
+import importlib.util
 import logging
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import tiktoken
@@ -135,13 +136,19 @@ def _bundled_loader(name: str) -> Callable[..., dict[bytes, int]]:
 
 
 def _read_bundled(name: str) -> bytes:
-    resource = importlib.resources.files("bpe_openai.data").joinpath(f"{name}.tiktoken.gz")
+    # Only the data files are wanted. Importing `bpe_openai` (which `importlib.resources`
+    # would do) builds its own tokenizers for three encodings, a second of CPU and tens of
+    # MiB that the gateway never uses, so the file is found without running the package.
+    spec = importlib.util.find_spec("bpe_openai")
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not folders:
+        raise EncodingDataError(f"cannot find bpe_openai/data/{name}.tiktoken.gz; install the bpe-openai package")
+    path = Path(folders[0]) / "data" / f"{name}.tiktoken.gz"
     try:
-        return gzip.decompress(resource.read_bytes())
+        return gzip.decompress(path.read_bytes())
     except (OSError, EOFError) as error:
         raise EncodingDataError(
-            f"cannot read bpe_openai/data/{name}.tiktoken.gz ({error}); "
-            "install the bpe-openai package") from error
+            f"cannot read {path} ({error}); install the bpe-openai package") from error
 
 
 def _parse_ranks(data: bytes, name: str) -> dict[bytes, int]:

@@ -80,8 +80,11 @@ def test_count_offline_with_empty_cache(tmp_path: Path) -> None:
         socket.socket = refuse
         socket.create_connection = refuse
         socket.getaddrinfo = refuse
+        import sys
         from addons import tokens
         print(tokens.count("hello world", "gpt-4o"), tokens.count("hello world", "gpt-4"))
+        # Only its data files are read: the package itself builds three tokenizers on import.
+        print("bpe_openai" in sys.modules)
     """)
     env = dict(os.environ, TIKTOKEN_CACHE_DIR=str(tmp_path), DATA_GYM_CACHE_DIR=str(tmp_path))
 
@@ -89,7 +92,7 @@ def test_count_offline_with_empty_cache(tmp_path: Path) -> None:
                             env=env, timeout=60, cwd=Path(__file__).parent.parent)
 
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["2", "2"]
+    assert result.stdout.split() == ["2", "2", "False"]
     assert list(tmp_path.iterdir()) == []
 
 
