@@ -2,7 +2,8 @@
 
 It times each flow, taps streamed responses as they pass, reads the provider's usage (or
 estimates it), prices it from the catalog, and hands the row to the store's writer thread.
-The event loop never waits on SQLite: `RequestStore.submit` only enqueues.
+The event loop never waits on SQLite: `LogWriterProcess.submit` only enqueues, and a child
+process writes the rows.
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ from addons import record as flowrecord
 from addons.config import Config
 from addons import tokens
 from addons.anthropic_translate import MessagesStreamToChat, error_to_openai, messages_to_chat
-from addons.logrow import StoredBody, base_row, flow_blob, request_json, request_state_json, response_json
+from addons.logrow import StoredBody, base_row, flow_state, request_json, request_state_json, response_json
 from addons.pricing import PriceCatalog
 from addons.redact import Redactor
 from addons.retention import RetentionPolicy
-from addons.store import RequestStore
+from addons.store_process import LogWriterProcess
 from addons.streamtap import StreamTap
 from addons.usage import UsageTracker
 from addons.usage_text import request_text
@@ -41,7 +42,7 @@ STREAM_OVER_BYTES = 4 * 1024 * 1024
 class CostLog:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.store: RequestStore | None = None
+        self.store: LogWriterProcess | None = None
         self.catalog = PriceCatalog.load([])
         self.redactor = Redactor()
         self._taps: weakref.WeakKeyDictionary[http.HTTPFlow, tuple[StreamTap, Any]] = weakref.WeakKeyDictionary()
@@ -63,14 +64,16 @@ class CostLog:
         path = gateway.database_path()
         kept = gateway.meterway.retention
         retention = RetentionPolicy(kept.days, kept.max_database_bytes)
+        secrets = tuple(self.config.secrets)
         if self.store is not None and path is not None and Path(self.store.path) == path:
             self.store.set_retention(retention)
+            self.store.set_secrets(secrets)
             return
         old, self.store = self.store, None
         if old is not None:
             old.stop()
         if path is not None:
-            self.store = RequestStore(path, retention=retention)
+            self.store = LogWriterProcess(path, retention=retention, secrets=secrets)
             self.store.start()
             logger.info("request log: %s", path)
 
@@ -195,7 +198,7 @@ class CostLog:
     def _apply_estimate(self, estimate: _Estimate, row: dict[str, Any]) -> None:
         try:
             usage = estimate.tracker.estimate(estimate.request_obj, estimate.model)
-        except tokens.EncodingDataError:  # already logged by the loader; the row says none
+        except tokens.EncodingDataError:  # already logged by the loader; usage_source is then none
             usage = None
         self._apply_usage(estimate.rec, row, usage)
 
@@ -252,8 +255,9 @@ class CostLog:
                 "response_bytes": response_body.original_size if response_body else None,
                 "truncated": int(client_body.truncated or bool(response_body and response_body.truncated)),
                 "body_flags": sorted(set(client_body.flags + (response_body.flags if response_body else []))) or None,
-                "flow": flow_blob(flow, flow.metadata.get(flowrecord.CLIENT_REQUEST_KEY),
-                                  bytes(tap.kept) if tap else None, self.redactor),
+                # The log writer process turns this into the stored flow file.
+                "flow_state": flow_state(flow, flow.metadata.get(flowrecord.CLIENT_REQUEST_KEY),
+                                         bytes(tap.kept) if tap else None),
             }
         fts = (request_text(_json(client_body.decoded)), tracker.text) if payload is not None else None
         return row, payload, fts, estimate

@@ -109,15 +109,16 @@ def _redacted_header_state(fields: Any) -> tuple[tuple[bytes, bytes], ...]:
     )
 
 
-def flow_blob(flow: http.HTTPFlow, client_state: dict[str, Any] | None, response_body: bytes | None,
-              redactor: Redactor) -> bytes:
-    """Serialise the flow in the client's form, redacted, as mitmproxy's flow file format.
+def flow_state(flow: http.HTTPFlow, client_state: dict[str, Any] | None,
+               response_body: bytes | None) -> dict[str, Any]:
+    """Take the flow in the client's form as one `get_state()` dict, credentials redacted.
 
-    Works on one `get_state()` dict instead of `flow.copy()` plus `FlowWriter`, which took
-    three times as long per request (measured with bench/profiled.py). Credentials in a query
+    Works on one state dict instead of `flow.copy()` plus `FlowWriter`, which took three
+    times as long per request (measured with bench/profiled.py). Credentials in a query
     string were already redacted when the request arrived, before the client snapshot.
+    `flow_file` turns the dict into bytes, in the log writer process.
     """
-    # get_state() deep-copies the metadata, which holds the client snapshot too; the blob
+    # get_state() deep-copies the metadata, which holds the client snapshot too; the file
     # keeps only the record, so only the record is copied.
     metadata = flow.metadata
     flow.metadata = {flowrecord.RECORD_KEY: dict(flowrecord.get(flow) or {})}
@@ -137,7 +138,36 @@ def flow_blob(flow: http.HTTPFlow, client_state: dict[str, Any] | None, response
             headers = tuple((n, v) for n, v in headers if n.lower() != b"content-encoding")
             response["content"] = response_body
         response["headers"] = _redacted_header_state(headers)
-    return redactor.bytes(tnetstring.dumps(state)) or b""
+    return state
+
+
+def flow_file(state: dict[str, Any], redactor: Redactor) -> bytes:
+    """Serialise a state from `flow_state` as mitmproxy's flow file format, redacted."""
+    data = tnetstring.dumps(state)
+    if redactor.bytes(data) == data:
+        return data
+    # Replacing inside the serialised bytes would break tnetstring's length prefixes and
+    # leave a file mitmproxy cannot read, so a file with a secret is built again from
+    # redacted values.
+    return tnetstring.dumps(_redacted_value(state, redactor))
+
+
+def _redacted_value(value: Any, redactor: Redactor) -> Any:
+    if isinstance(value, str):
+        return redactor.text(value)
+    if isinstance(value, bytes):
+        return redactor.bytes(value)
+    if isinstance(value, dict):
+        return {key: _redacted_value(item, redactor) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_redacted_value(item, redactor) for item in value)
+    return value
+
+
+def flow_blob(flow: http.HTTPFlow, client_state: dict[str, Any] | None, response_body: bytes | None,
+              redactor: Redactor) -> bytes:
+    """Serialise the flow in the client's form, redacted, as mitmproxy's flow file format."""
+    return flow_file(flow_state(flow, client_state, response_body), redactor)
 
 
 ROW_KEYS = (
