@@ -58,6 +58,7 @@ class Alerts:
         self._ticker: asyncio.Task | None = None
         self._client: httpx.AsyncClient | None = None
         self._throttle = LogThrottle(60.0)
+        self._config = config
         if config is not None:
             config.on_reload(self.reconfigure)
 
@@ -68,6 +69,14 @@ class Alerts:
         if path is not None:
             self.database_name = path.stem  # Datasette names a database after its file
         self._rules = [(rule, evaluator_for(rule)) for rule in self.settings.rules]
+        workers = self._config.worker[1] if self._config is not None else 1
+        if self._rules and workers > 1:
+            # Each worker sees only its share of the requests, so budgets and counts would be
+            # wrong, and every worker would send the same notice. `meterway run` refuses this
+            # at start; a reload that adds rules gets this error instead.
+            logger.error("meterway.alerts is ignored: the gateway runs as %d worker processes, and "
+                         "alerts need one; run `meterway run` without --workers to use them", workers)
+            self._rules = []
         self._states.clear()
         if self._rules:
             logger.info("alerts: %d rule(s): %s", len(self._rules), ", ".join(r.name for r, _ in self._rules))

@@ -88,6 +88,39 @@ class Config:
             "Address the gateway's listeners bind to. Empty means the config's "
             "meterway.listenAddress, which defaults to 127.0.0.1.",
         )
+        loader.add_option(
+            "meterway_worker", str, "",
+            "K/N when this process is worker K (from 0) of N started by `meterway run --workers N`; "
+            "empty for a single gateway process.",
+        )
+        loader.add_option(
+            "meterway_stats_addr", str, "",
+            "HOST:PORT for the metrics endpoint instead of config.statsAddr; `meterway run "
+            "--workers` gives each worker a private one and serves their sum on statsAddr.",
+        )
+        loader.add_option(
+            "meterway_readiness_addr", str, "",
+            "HOST:PORT for the readiness probe instead of config.readinessAddr, as for metrics.",
+        )
+
+    @property
+    def worker(self) -> tuple[int, int]:
+        """Return (index, count) of this gateway process among `meterway run --workers` ones."""
+        try:
+            text = ctx.options.meterway_worker
+        except (AttributeError, KeyError):  # outside a running master, as in unit tests
+            return 0, 1
+        index, _, count = text.partition("/")
+        if not text:
+            return 0, 1
+        return int(index), int(count)
+
+    def address_override(self, name: str) -> str | None:
+        """Return the `meterway_stats_addr` or `meterway_readiness_addr` option, if set."""
+        try:
+            return getattr(ctx.options, f"meterway_{name}_addr") or None
+        except (AttributeError, KeyError):
+            return None
 
     def on_reload(self, callback: Any) -> None:
         """Register a function called with the new gateway after each successful load."""

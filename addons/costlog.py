@@ -63,7 +63,9 @@ class CostLog:
         self.redactor = Redactor(self.config.secrets)
         path = gateway.database_path()
         kept = gateway.meterway.retention
-        retention = RetentionPolicy(kept.days, kept.max_database_bytes)
+        # With several worker processes on one file, worker 0 alone deletes old rows.
+        first_worker = self.config.worker[0] == 0
+        retention = RetentionPolicy(kept.days, kept.max_database_bytes) if first_worker else RetentionPolicy()
         secrets = tuple(self.config.secrets)
         if self.store is not None and path is not None and Path(self.store.path) == path:
             self.store.set_retention(retention)

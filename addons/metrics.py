@@ -135,6 +135,7 @@ class Metrics:
         self.address: tuple[str, int] | None = None
         self._requested: tuple[str, int] | None = None
         self._server: Any = None
+        self._config = config
         if config is not None:
             config.on_reload(self.reconfigure)
 
@@ -142,7 +143,8 @@ class Metrics:
         """Take the known model names and the stats address from a newly loaded config."""
         self.metrics.labels.set_known(known_models(gateway))
         section = getattr(gateway, "config", None)
-        address = parse_stats_addr(getattr(section, "stats_addr", None))
+        override = self._config.address_override("stats") if self._config is not None else None
+        address = parse_stats_addr(override or getattr(section, "stats_addr", None))
         if self._server is not None and address == self._requested:
             return
         self.stop()

@@ -95,7 +95,8 @@ class Readiness:
 
     def _reconfigure(self, gateway: Any) -> None:
         section = getattr(gateway, "config", None)
-        self._requested = parse_readiness_addr(getattr(section, "readiness_addr", None))
+        override = self.config.address_override("readiness")
+        self._requested = parse_readiness_addr(override or getattr(section, "readiness_addr", None))
         if self._running:
             asyncio.get_running_loop().create_task(self._serve())
 

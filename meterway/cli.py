@@ -59,15 +59,35 @@ def _run(args: argparse.Namespace) -> int:
         for problem in err.problems:
             print(f"error: {problem}", file=sys.stderr)
         return 2
+    if args.workers < 1:
+        print(f"error: --workers {args.workers}: give 1 or more gateway processes", file=sys.stderr)
+        return 2
     # The router starts first, so the gateway's first requests find it listening.
     router = _start_router(args.router) if args.router else None
     ui = _start_ui(str(config), args.ui_host, args.ui_port) if args.ui else None
     try:
+        if args.workers > 1 and not args.worker:
+            from meterway.workers import run_workers
+
+            logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
+            return run_workers(config, args.workers, _worker_args(args))
+        extra = {"meterway_worker": args.worker or "", "meterway_stats_addr": args.worker_stats or "",
+                 "meterway_readiness_addr": args.worker_ready or ""}
         return asyncio.run(serve(config, upstreams=args.upstream, listen_host=args.listen_host,
-                                 trusted_ca=args.trusted_ca))
+                                 trusted_ca=args.trusted_ca, extra_options=extra))
     finally:
         _stop(ui)
         _stop(router)
+
+
+def _worker_args(args: argparse.Namespace) -> list[str]:
+    """Return the `meterway run` options each worker process repeats."""
+    forwarded = [item for upstream in args.upstream for item in ("--upstream", upstream)]
+    if args.listen_host:
+        forwarded += ["--listen-host", args.listen_host]
+    if args.trusted_ca:
+        forwarded += ["--trusted-ca", args.trusted_ca]
+    return forwarded
 
 
 def _ui(args: argparse.Namespace) -> int:
@@ -156,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Also start the built-in semantic router with this config (see configs/router.yaml).")
     run.add_argument("--ui-host", default="127.0.0.1", help="Address of the UI (default 127.0.0.1).")
     run.add_argument("--ui-port", type=int, default=15000, help="Port of the UI (default 15000).")
+    run.add_argument("--workers", type=int, default=1,
+                     help="Gateway processes sharing the listener ports (default 1); more use more cores.")
+    # Set by the supervisor of `--workers` for each process it starts.
+    run.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    run.add_argument("--worker-stats", default=None, help=argparse.SUPPRESS)
+    run.add_argument("--worker-ready", default=None, help=argparse.SUPPRESS)
     run.set_defaults(func=_run)
 
     ui = commands.add_parser("ui", help="Serve the request log in Datasette with meterway's pages.")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from mitmproxy import master, options
 from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
+from mitmproxy.proxy import mode_servers
 
 from addons.gateway import make_addons
 
@@ -34,6 +35,27 @@ class GatewayMaster(master.Master):
             errorcheck.ErrorCheck(),
         )
         self.addons.add(*make_addons())
+
+
+def share_listen_ports() -> None:
+    """Make this process's TCP listeners bind with SO_REUSEPORT.
+
+    `meterway run --workers N` starts N gateway processes on the same ports, and the kernel
+    spreads new connections over them. mitmproxy binds without SO_REUSEPORT, so a second
+    process could not bind; this wraps its listen step for plain TCP modes (the gateway's
+    reverse listeners) and leaves every other mode as it is.
+    """
+    original = mode_servers.AsyncioServerInstance.listen
+    if getattr(original, "meterway_shared", False):
+        return
+
+    async def listen(self: mode_servers.AsyncioServerInstance, host: str, port: int) -> list:
+        if self.mode.transport_protocol != "tcp" or port == 0:
+            return await original(self, host, port)
+        return [await asyncio.start_server(self.handle_stream, host, port, reuse_port=True)]
+
+    listen.meterway_shared = True  # type: ignore[attr-defined]
+    mode_servers.AsyncioServerInstance.listen = listen  # type: ignore[method-assign]
 
 
 def first_modes(config_path: Path, listen_host: str | None) -> list[str]:
@@ -55,7 +77,13 @@ def first_modes(config_path: Path, listen_host: str | None) -> list[str]:
 
 async def serve(config_path: Path, *, upstreams: Sequence[str] = (), listen_host: str | None = None,
                 trusted_ca: str | None = None, extra_options: dict | None = None) -> int:
-    """Run the gateway until SIGINT or SIGTERM; return the exit status."""
+    """Run the gateway until SIGINT or SIGTERM; return the exit status.
+
+    `extra_options` may set `meterway_worker` (K/N), which makes the listeners share their
+    ports with the other workers.
+    """
+    if (extra_options or {}).get("meterway_worker"):
+        share_listen_ports()
     opts = options.Options()
     gateway_master = GatewayMaster(opts)
     settings = {

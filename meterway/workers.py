@@ -1,0 +1,285 @@
+"""`meterway run --workers N`: N gateway processes on the same ports, and a supervisor.
+
+One mitmproxy process runs its event loop on one core. With `--workers N` the supervisor
+starts N `meterway run` processes whose listeners bind with SO_REUSEPORT, so the kernel
+spreads connections over them, and it:
+- serves `config.statsAddr` with the sum of the workers' metrics, each worker serving its own
+  on a private loopback port (every gateway metric is a counter, a histogram or a queue
+  length, so the sum is the gateway's value);
+- serves `config.readinessAddr`, ready when every worker is;
+- forwards SIGINT and SIGTERM, so each worker drains as a single gateway does, and restarts a
+  worker that exits on its own.
+Each worker writes the request log through its own writer process; SQLite's lock orders
+their transactions and the writers retry while the file is busy, so no row is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Metric
+from prometheus_client.exposition import start_http_server
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+
+logger = logging.getLogger(__name__)
+
+# A worker that exits this soon after its start twice in a row is failing to start (a port
+# another program holds, a broken install): the supervisor stops instead of looping.
+QUICK_EXIT_SECONDS = 5.0
+# How long workers get to drain after SIGTERM before they are killed.
+STOP_GRACE_SECONDS = 60.0
+SCRAPE_TIMEOUT_SECONDS = 2.0
+
+
+def free_ports(count: int) -> list[int]:
+    """Return `count` different TCP ports on 127.0.0.1 that are free right now.
+
+    The sockets stay bound until all are chosen, so no port comes back twice.
+    """
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@dataclass
+class Worker:
+    index: int
+    stats_port: int
+    ready_port: int
+    process: subprocess.Popen | None = None
+    started_at: float = 0.0
+    quick_exits: int = 0
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.stats_port}/metrics"
+
+    @property
+    def ready_url(self) -> str:
+        return f"http://127.0.0.1:{self.ready_port}/healthz/ready"
+
+
+@dataclass
+class Supervisor:
+    """Starts the workers, keeps them running and serves their summed metrics and readiness."""
+
+    config: Path
+    count: int
+    worker_args: Sequence[str]
+    workers: list[Worker] = field(default_factory=list)
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        ports = free_ports(2 * self.count)
+        self.workers = [Worker(index, ports[2 * index], ports[2 * index + 1]) for index in range(self.count)]
+
+    def command(self, worker: Worker) -> list[str]:
+        return [sys.executable, "-m", "meterway", "run", str(self.config), *self.worker_args,
+                "--worker", f"{worker.index}/{self.count}",
+                "--worker-stats", f"127.0.0.1:{worker.stats_port}",
+                "--worker-ready", f"127.0.0.1:{worker.ready_port}"]
+
+    def start(self, worker: Worker) -> None:
+        # A group of its own: Ctrl-C in a terminal then reaches the supervisor only, which
+        # forwards one SIGTERM, instead of every worker getting two signals.
+        worker.process = subprocess.Popen(self.command(worker), process_group=0)
+        worker.started_at = time.monotonic()
+        logger.info("worker %d (pid %d): metrics on 127.0.0.1:%d, readiness on 127.0.0.1:%d",
+                    worker.index, worker.process.pid, worker.stats_port, worker.ready_port)
+
+    def stop(self, signum: int = signal.SIGTERM) -> None:
+        """Ask every worker to drain and stop; called from a signal handler."""
+        self.stopping.set()
+        for worker in self.workers:
+            if worker.process is not None and worker.process.poll() is None:
+                worker.process.send_signal(signum)
+
+    def run(self) -> int:
+        """Run the workers until SIGINT or SIGTERM; return 0 when all of them ended cleanly."""
+        for worker in self.workers:
+            self.start(worker)
+        while not self.stopping.wait(0.5):
+            for worker in self.workers:
+                if not self._check(worker):
+                    self.stop()
+                    self.wait()
+                    return 1
+        return self.wait()
+
+    def _check(self, worker: Worker) -> bool:
+        """Restart a worker that exited on its own; return False when it keeps failing to start."""
+        assert worker.process is not None
+        status = worker.process.poll()
+        if status is None or self.stopping.is_set():
+            return True
+        lived = time.monotonic() - worker.started_at
+        worker.quick_exits = worker.quick_exits + 1 if lived < QUICK_EXIT_SECONDS else 0
+        if worker.quick_exits >= 2:
+            logger.error("worker %d exited with status %s within %.0f s of its start, twice; stopping "
+                         "the gateway (its output above says why)", worker.index, status, lived)
+            return False
+        logger.warning("worker %d exited with status %s after %.0f s; starting it again",
+                       worker.index, status, lived)
+        self.start(worker)
+        return True
+
+    def wait(self) -> int:
+        """Wait for every worker to end, killing those still running after the grace period."""
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        status = 0
+        for worker in self.workers:
+            if worker.process is None:
+                continue
+            try:
+                code = worker.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                logger.warning("worker %d did not stop within %.0f s; killing it", worker.index, STOP_GRACE_SECONDS)
+                worker.process.kill()
+                code = worker.process.wait()
+            status = status or (code if code and code > 0 else 0)
+        return status
+
+
+class SummedMetrics(Collector):
+    """Scrape every worker at collect time and add up samples with the same name and labels."""
+
+    def __init__(self, workers: Sequence[Worker]) -> None:
+        self._workers = workers
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+        answered = 0
+        for worker in self._workers:
+            try:
+                with urllib.request.urlopen(worker.metrics_url, timeout=SCRAPE_TIMEOUT_SECONDS) as reply:
+                    text = reply.read().decode()
+            except (OSError, urllib.error.URLError):
+                continue  # a worker that is restarting; `meterway_workers_scraped` shows it
+            answered += 1
+            for family in text_string_to_metric_families(text):
+                families.setdefault(family.name, Metric(family.name, family.documentation, family.type))
+                samples = values.setdefault(family.name, {})
+                for sample in family.samples:
+                    key = (sample.name, tuple(sorted(sample.labels.items())))
+                    if sample.name.endswith("_created"):
+                        # A creation time is not a count: the oldest one stands for the sum.
+                        samples[key] = min(samples.get(key, sample.value), sample.value)
+                    else:
+                        samples[key] = samples.get(key, 0.0) + sample.value
+        for name, family in families.items():
+            for (sample_name, labels), value in values[name].items():
+                family.add_sample(sample_name, dict(labels), value)
+            yield family
+        scraped = Metric("meterway_workers_scraped", "Worker processes whose metrics this scrape added up.",
+                         "gauge")
+        scraped.add_sample("meterway_workers_scraped", {}, answered)
+        yield scraped
+
+
+def serve_metrics(workers: Sequence[Worker], host: str, port: int) -> Any:
+    """Serve the workers' summed metrics on host:port; return the server."""
+    registry = CollectorRegistry()
+    registry.register(SummedMetrics(workers))
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    logger.info("metrics of all workers: http://%s:%d/metrics", host, server.server_port)
+    return server
+
+
+def readiness(workers: Sequence[Worker]) -> list[str]:
+    """Return what is not ready, worker by worker; empty when every worker is ready."""
+    problems = []
+    for worker in workers:
+        try:
+            with urllib.request.urlopen(worker.ready_url, timeout=SCRAPE_TIMEOUT_SECONDS):
+                continue
+        except urllib.error.HTTPError as error:
+            try:
+                found = json.loads(error.read()).get("problems") or [f"answered {error.code}"]
+            except ValueError:
+                found = [f"answered {error.code}"]
+            problems += [f"worker {worker.index}: {problem}" for problem in found]
+        except OSError as error:
+            problems.append(f"worker {worker.index} is not answering its readiness probe ({error})")
+    return problems
+
+
+def serve_readiness(workers: Sequence[Worker], host: str, port: int) -> ThreadingHTTPServer:
+    """Serve GET /healthz/ready on host:port for all workers together; return the server."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (the name http.server calls)
+            if self.path.split("?", 1)[0] != "/healthz/ready":
+                status, body = 404, {"error": "not found; the readiness probe is GET /healthz/ready"}
+            else:
+                problems = readiness(workers)
+                status, body = (503 if problems else 200), {"ready": not problems, "problems": problems}
+            payload = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # probes every few seconds would drown the gateway's log
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    threading.Thread(target=server.serve_forever, name="meterway-readiness", daemon=True).start()
+    logger.info("readiness of all workers: http://%s:%d/healthz/ready", host, server.server_port)
+    return server
+
+
+def run_workers(config: Path, count: int, worker_args: Sequence[str]) -> int:
+    """Run `count` gateway processes on `config` until SIGINT or SIGTERM; return the exit status."""
+    from addons.config_load import load_config
+    from addons.config_monitoring import parse_stats_addr
+    from addons.readiness import parse_readiness_addr
+
+    gateway = load_config(config)
+    if gateway.meterway.alerts.rules:
+        print(f"error: meterway.alerts in {config} needs a single gateway process, because each worker "
+              "sees only part of the requests; run without --workers, or remove the alert rules",
+              file=sys.stderr)
+        return 2
+    section = gateway.config
+    supervisor = Supervisor(config, count, worker_args)
+    servers = []
+    try:
+        stats = parse_stats_addr(getattr(section, "stats_addr", None))
+        if stats is not None:
+            servers.append(serve_metrics(supervisor.workers, *stats))
+        ready = parse_readiness_addr(getattr(section, "readiness_addr", None))
+        if ready is not None:
+            servers.append(serve_readiness(supervisor.workers, *ready))
+    except OSError as error:
+        logger.warning("a monitoring endpoint did not start: %s; set config.statsAddr or "
+                       "config.readinessAddr to a free HOST:PORT or to off", error)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda number, frame: supervisor.stop(signal.SIGTERM))
+    try:
+        return supervisor.run()
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()

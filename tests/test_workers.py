@@ -1,0 +1,183 @@
+"""`meterway run --workers 2`: two gateway processes share the listener port, every request
+gets its row, the metrics endpoint adds both workers up, and the supervisor drains, restarts
+and refuses alert rules."""
+
+from __future__ import annotations
+
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.gateway_process import BIN, REPO, free_port, stop_process, wait_for_port
+from tests.logdb import wait_for
+
+CONFIG = """\
+binds:
+- port: {port}
+  listeners:
+  - routes:
+    - backends:
+      - ai:
+          name: local
+          provider:
+            openAI: {{}}
+          hostOverride: 127.0.0.1:{upstream}
+config:
+  database:
+    url: sqlite://log.db
+  statsAddr: 127.0.0.1:{stats}
+  readinessAddr: 127.0.0.1:{ready}
+"""
+CHAT = {"id": "c1", "object": "chat.completion", "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
+
+
+class Upstream:
+    """An OpenAI-style chat endpoint on 127.0.0.1 in a thread."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.ready = threading.Event()
+
+    async def chat(self, request: web.Request) -> web.Response:
+        return web.json_response(CHAT)
+
+    def run(self) -> None:
+        import asyncio
+
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self.chat)
+        self.loop = asyncio.new_event_loop()
+        runner = web.AppRunner(app)
+        self.loop.run_until_complete(runner.setup())
+        self.loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
+        self.ready.set()
+        self.loop.run_forever()
+
+
+class Supervisor:
+    """`meterway run --workers 2` in a subprocess, its output in a file."""
+
+    def __init__(self, folder: Path, upstream: int) -> None:
+        ports: set[int] = set()
+        while len(ports) < 3:  # free_port() may return a port twice in a row
+            ports.add(free_port())
+        self.port, self.stats, self.ready = sorted(ports)
+        self.config = folder / "gateway.yaml"
+        self.config.write_text(CONFIG.format(port=self.port, upstream=upstream, stats=self.stats, ready=self.ready))
+        self.log_path = folder / "supervisor.log"
+        self.db = folder / "log.db"
+        with open(self.log_path, "wb") as out:
+            self.process = subprocess.Popen([str(BIN / "meterway"), "run", str(self.config), "--workers", "2"],
+                                            stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 40.0) -> None:
+        wait_for_port(self.ready, timeout, self.process)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if httpx.get(f"http://127.0.0.1:{self.ready}/healthz/ready").status_code == 200:
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"the workers were not ready within {timeout} s:\n{self.log()}")
+
+    def worker_ports(self) -> list[int]:
+        """Return each worker's private metrics port, from the supervisor's log."""
+        found = dict(re.findall(r"worker (\d+) \(pid \d+\): metrics on 127\.0\.0\.1:(\d+)", self.log()))
+        return [int(port) for _, port in sorted(found.items())]
+
+    def pids(self) -> list[int]:
+        return [int(pid) for pid in re.findall(r"worker \d+ \(pid (\d+)\)", self.log())]
+
+
+def requests_counted(url: str) -> float:
+    text = httpx.get(url).text
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        if family.name == "meterway_requests":
+            total += sum(sample.value for sample in family.samples if sample.name == "meterway_requests_total")
+    return total
+
+
+def post(port: int) -> httpx.Response:
+    # A new connection per request, so the kernel spreads them over the workers.
+    with httpx.Client(timeout=10) as client:
+        return client.post(f"http://127.0.0.1:{port}/v1/chat/completions",
+                           json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Upstream:
+    server = Upstream()
+    threading.Thread(target=server.run, daemon=True).start()
+    server.ready.wait(10)
+    return server
+
+
+def test_workers_share_port_without_losing_rows(tmp_path: Path, upstream: Upstream) -> None:
+    supervisor = Supervisor(tmp_path, upstream.port)
+    try:
+        supervisor.wait_ready()
+        sent = 40
+        for _ in range(sent):
+            assert post(supervisor.port).status_code == 200
+        wait_for(supervisor.db, "select id from requests", count=sent)
+
+        # Both workers served some of the requests, and the endpoint adds them up.
+        ports = supervisor.worker_ports()
+        assert len(ports) == 2
+        shares = [requests_counted(f"http://127.0.0.1:{port}/metrics") for port in ports]
+        assert all(share > 0 for share in shares), shares
+        assert sum(shares) == sent
+        assert requests_counted(f"http://127.0.0.1:{supervisor.stats}/metrics") == sent
+        assert "meterway_workers_scraped 2.0" in httpx.get(f"http://127.0.0.1:{supervisor.stats}/metrics").text
+    finally:
+        status = stop_process(supervisor.process, signal.SIGTERM, 40)
+    assert status == 0, supervisor.log()
+    conn = sqlite3.connect(supervisor.db)
+    assert conn.execute("select count(*) from requests").fetchone() == (sent,)
+    assert conn.execute("pragma integrity_check").fetchone() == ("ok",)
+    for pid in supervisor.pids():
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+
+
+def test_workers_restart_a_killed_one(tmp_path: Path, upstream: Upstream) -> None:
+    supervisor = Supervisor(tmp_path, upstream.port)
+    try:
+        supervisor.wait_ready()
+        first = supervisor.pids()
+        subprocess.run(["kill", "-KILL", str(first[0])], check=True)
+        deadline = time.monotonic() + 30
+        while len(supervisor.pids()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(supervisor.pids()) == 3, supervisor.log()
+        assert "worker 0 exited with status -9" in supervisor.log()
+        supervisor.wait_ready()
+        for _ in range(10):
+            assert post(supervisor.port).status_code == 200
+    finally:
+        assert stop_process(supervisor.process, signal.SIGTERM, 40) == 0
+
+
+def test_workers_refuse_alert_rules(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text("binds: []\nmeterway:\n  alerts:\n    rules:\n    - name: router\n"
+                      "      webhook: {url: 'http://127.0.0.1:9/'}\n      routerFailOpen: {}\n")
+    done = subprocess.run([sys.executable, "-m", "meterway", "run", str(config), "--workers", "2"],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert done.returncode == 2
+    assert "meterway.alerts" in done.stderr
+    assert "without --workers" in done.stderr
