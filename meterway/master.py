@@ -16,17 +16,22 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mitmproxy import master, options
-from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
+from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, termlog, tlsconfig
 from mitmproxy.proxy import mode_servers
 
 from addons.gateway import make_addons
+from meterway.dispatch import HookDispatcher
 
 logger = logging.getLogger(__name__)
 
 
 class GatewayMaster(master.Master):
     def __init__(self, opts: options.Options) -> None:
-        super().__init__(opts, with_termlog=True)
+        super().__init__(opts)
+        # Replaced before any addon is added, so every hook goes through the cached dispatch.
+        self.addons = HookDispatcher(self)
+        self._termlog_addon = termlog.TermLog()
+        self.addons.add(self._termlog_addon)
         self.addons.add(
             core.Core(),
             proxyserver.Proxyserver(),
