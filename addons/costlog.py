@@ -22,14 +22,15 @@ from addons import record as flowrecord
 from addons.config import Config
 from addons import tokens
 from addons.anthropic_translate import MessagesStreamToChat, error_to_openai, messages_to_chat
-from addons.logrow import StoredBody, base_row, flow_state, request_json, request_state_json, response_json
+from addons.bodies import decode_body
+from addons.logpayload import PayloadSource
+from addons.logrow import base_row, flow_states
 from addons.pricing import PriceCatalog
 from addons.redact import Redactor
 from addons.retention import RetentionPolicy
 from addons.store_process import LogWriterProcess
 from addons.streamtap import StreamTap
 from addons.usage import UsageTracker
-from addons.usage_text import request_text
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class CostLog:
         # Given a flow whose response is about to stream, each returns a chunk observer or None.
         self.stream_observers: list[Callable[[http.HTTPFlow], Any]] = []
         # Rows whose token estimate waits for a tiktoken encoding to load, by encoding name.
-        self._waiting: dict[str, list[tuple[_Estimate, dict, dict | None, tuple | None]]] = {}
+        self._waiting: dict[str, list[tuple[_Estimate, dict, PayloadSource | None, tuple | None]]] = {}
         config.on_reload(self._reconfigure)
 
     def _reconfigure(self, gateway: Any) -> None:
@@ -168,7 +169,7 @@ class CostLog:
             self._apply_estimate(estimate, row)
         self._submit(row, payload, fts)
 
-    def _submit(self, row: dict[str, Any], payload: dict | None, fts: tuple | None) -> None:
+    def _submit(self, row: dict[str, Any], payload: PayloadSource | None, fts: tuple | None) -> None:
         if self.store is not None:
             self.store.submit(row, payload, fts)
         for observe in self.observers:
@@ -177,7 +178,7 @@ class CostLog:
             except Exception:  # monitoring must never cost a request its row
                 logger.exception("request %s: a row observer failed", row.get("id"))
 
-    def _wait_for_encoding(self, estimate: _Estimate, row: dict[str, Any], payload: dict | None,
+    def _wait_for_encoding(self, estimate: _Estimate, row: dict[str, Any], payload: PayloadSource | None,
                            fts: tuple | None) -> None:
         """Park a row until its encoding is built in a thread; the loop goes on meanwhile."""
         name = estimate.encoding
@@ -204,7 +205,7 @@ class CostLog:
             usage = None
         self._apply_usage(estimate.rec, row, usage)
 
-    def _build(self, flow: http.HTTPFlow, rec: dict[str, Any]) -> tuple[dict, dict | None, tuple | None,
+    def _build(self, flow: http.HTTPFlow, rec: dict[str, Any]) -> tuple[dict, PayloadSource | None, tuple | None,
                                                                           _Estimate | None]:
         row = base_row(rec)
         response = flow.response
@@ -212,56 +213,37 @@ class CostLog:
         self._timings(flow, row, tap)
         self._status(flow, rec, row)
 
-        max_bytes = self._max_bytes()
         client_state = flow.metadata.get(flowrecord.CLIENT_REQUEST_KEY)
-        if isinstance(client_state, dict):
-            client_text, client_body = request_state_json(client_state, max_bytes, self.redactor)
-        else:  # rejected before the snapshot: the request is still as the client sent it
-            client_text, client_body = request_json(flow.request, max_bytes, self.redactor)
-        upstream_text = None
-        if rec.get("upstream"):
-            upstream_text, _ = request_json(flow.request, max_bytes, self.redactor)
-
-        response_text = None
-        response_body: StoredBody | None = None
+        if not isinstance(client_state, dict):
+            client_state = None  # rejected before the snapshot: the request is as the client sent it
         if tracker is None:
             tracker = UsageTracker(rec.get("api") or "other", rec.get("provider") or "openai")
-        if response is not None:
-            if tap is not None:
-                response_body = StoredBody(bytes(tap.kept), None, max_bytes, self.redactor, already_decoded=True)
-                response_body.original_size = tap.total_bytes
-                response_body.truncated = tap.truncated
-            else:
-                response_body = StoredBody(response.raw_content, response.headers.get("content-encoding"),
-                                           max_bytes, self.redactor)
-                parsed = _json(response_body.decoded)
-                original = self._originals.pop(flow, None)
-                if original is not None:
-                    tracker = UsageTracker("messages", "anthropic")
-                    if response.status_code < 400:
-                        tracker.feed_json(original)
-                elif parsed is not None and rec.get("upstream") and response.status_code < 400:
-                    tracker.feed_json(parsed)
-                if row["outcome"] == "upstream_error" and not row["error"]:
-                    row["error"] = self.redactor.text(_error_message(parsed, response.status_code))
-            response_text = response_json(response, response_body)
+        if response is not None and tap is None:
+            decoded, _ = decode_body(response.raw_content or b"", response.headers.get("content-encoding"))
+            parsed = _json(decoded)
+            original = self._originals.pop(flow, None)
+            if original is not None:
+                tracker = UsageTracker("messages", "anthropic")
+                if response.status_code < 400:
+                    tracker.feed_json(original)
+            elif parsed is not None and rec.get("upstream") and response.status_code < 400:
+                tracker.feed_json(parsed)
+            if row["outcome"] == "upstream_error" and not row["error"]:
+                row["error"] = self.redactor.text(_error_message(parsed, response.status_code))
 
-        estimate = self._usage_and_cost(rec, row, tracker, client_body)
+        estimate = self._usage_and_cost(rec, row, tracker, flow, client_state)
         payload = None
         if self.config.gateway.meterway.payloads.store:
-            payload = {
-                "client_request": client_text,
-                "upstream_request": upstream_text,
-                "response": response_text,
-                "request_bytes": client_body.original_size,
-                "response_bytes": response_body.original_size if response_body else None,
-                "truncated": int(client_body.truncated or bool(response_body and response_body.truncated)),
-                "body_flags": sorted(set(client_body.flags + (response_body.flags if response_body else []))) or None,
-                # The log writer process turns this into the stored flow file.
-                "flow_state": flow_state(flow, flow.metadata.get(flowrecord.CLIENT_REQUEST_KEY),
-                                         bytes(tap.kept) if tap else None),
-            }
-        fts = (request_text(_json(client_body.decoded)), tracker.text) if payload is not None else None
+            # Only state dicts are taken here; the log writer process builds the texts from them.
+            streamed = bytes(tap.kept) if tap is not None else None
+            state, upstream_request, received = flow_states(flow, client_state, streamed)
+            payload = PayloadSource(
+                flow_state=state, client_snapshot=client_state is not None,
+                upstream_request=upstream_request if rec.get("upstream") else None, response=received,
+                streamed=streamed, streamed_size=tap.total_bytes if tap is not None else 0,
+                streamed_truncated=bool(tap is not None and tap.truncated), reply_text=tracker.text,
+                max_bytes=self._max_bytes())
+        fts = None
         return row, payload, fts, estimate
 
     @staticmethod
@@ -315,14 +297,14 @@ class CostLog:
         if row["error"]:
             row["error"] = self.redactor.text(row["error"])
 
-    def _usage_and_cost(self, rec: dict[str, Any], row: dict[str, Any], tracker: Any,
-                        client_body: StoredBody) -> _Estimate | None:
+    def _usage_and_cost(self, rec: dict[str, Any], row: dict[str, Any], tracker: Any, flow: http.HTTPFlow,
+                        client_state: dict[str, Any] | None) -> _Estimate | None:
         """Fill the usage and cost columns, or return the estimate they wait for."""
         usage = tracker.result()
         has_usage = usage is not None and usage.source == "provider"
         if not has_usage and row["outcome"] in ("ok", "client_disconnected") and rec.get("upstream") \
                 and rec.get("api") in ("chat_completions", "responses", "messages", "generate_content", "ollama_chat"):
-            return _Estimate(rec, tracker, _json(client_body.decoded), rec.get("routed_model"))
+            return _Estimate(rec, tracker, _json(_client_body(flow, client_state)), rec.get("routed_model"))
         self._apply_usage(rec, row, usage)
         return None
 
@@ -355,6 +337,15 @@ class _Estimate:
     @property
     def encoding(self) -> str:
         return tokens.encoding_for_model(self.model)
+
+
+def _client_body(flow: http.HTTPFlow, client_state: dict[str, Any] | None) -> bytes:
+    """Return the client's request body, decoded, from the snapshot or the live request."""
+    if client_state is None:
+        return decode_body(flow.request.raw_content or b"", flow.request.headers.get("content-encoding"))[0]
+    encoding = next((value.decode("latin-1") for name, value in client_state["headers"]
+                     if name.lower() == b"content-encoding"), None)
+    return decode_body(client_state.get("content") or b"", encoding)[0]
 
 
 def _upstream_connected(flow: http.HTTPFlow) -> bool:

@@ -111,12 +111,19 @@ def _redacted_header_state(fields: Any) -> tuple[tuple[bytes, bytes], ...]:
 
 def flow_state(flow: http.HTTPFlow, client_state: dict[str, Any] | None,
                response_body: bytes | None) -> dict[str, Any]:
-    """Take the flow in the client's form as one `get_state()` dict, credentials redacted.
+    """Take the flow in the client's form as one `get_state()` dict, credentials redacted."""
+    return flow_states(flow, client_state, response_body)[0]
 
-    Works on one state dict instead of `flow.copy()` plus `FlowWriter`, which took three
-    times as long per request (measured with bench/profiled.py). Credentials in a query
-    string were already redacted when the request arrived, before the client snapshot.
-    `flow_file` turns the dict into bytes, in the log writer process.
+
+def flow_states(flow: http.HTTPFlow, client_state: dict[str, Any] | None,
+                response_body: bytes | None) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+    """Return the flow in the client's form, the request as sent upstream, and the response.
+
+    The first is for `flow_file`, with credential headers redacted; the other two are the
+    request and response states as they were. One `get_state()` call serves all three, instead
+    of `flow.copy()` plus `FlowWriter`, which took three times as long per request (measured
+    with bench/profiled.py). Credentials in a query string were already redacted when the
+    request arrived, before the client snapshot.
     """
     # get_state() deep-copies the metadata, which holds the client snapshot too; the file
     # keeps only the record, so only the record is copied.
@@ -127,18 +134,21 @@ def flow_state(flow: http.HTTPFlow, client_state: dict[str, Any] | None,
     finally:
         flow.metadata = metadata
     state["backup"] = None
+    upstream_request = state["request"]
+    received = state.get("response")
     if client_state is not None:
         state["request"] = dict(client_state)
+    else:
+        state["request"] = dict(upstream_request)
     state["request"]["headers"] = _redacted_header_state(state["request"]["headers"])
-    response = state.get("response")
-    if response is not None:
-        response = state["response"] = dict(response)
+    if received is not None:
+        response = state["response"] = dict(received)
         headers = response["headers"]
         if response.get("content") is None and response_body is not None:
             headers = tuple((n, v) for n, v in headers if n.lower() != b"content-encoding")
             response["content"] = response_body
         response["headers"] = _redacted_header_state(headers)
-    return state
+    return state, upstream_request, received
 
 
 def flow_file(state: dict[str, Any], redactor: Redactor) -> bytes:

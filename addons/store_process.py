@@ -25,6 +25,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from addons.logpayload import PayloadSource, build_payload
 from addons.logrow import flow_file
 from addons.redact import Redactor
 from addons.retention import RetentionPolicy
@@ -42,8 +43,9 @@ _CHILD_BACKLOG = 5000
 class LogWriterProcess:
     """A request log in one SQLite file, written by a child process.
 
-    Payloads may carry `flow_state`, a flow's `get_state()` dict; the child stores it as
-    the `flow` column in mitmproxy's flow file format, redacted with `secrets`.
+    A payload may be a `PayloadSource`, from which the child builds the payload columns and
+    the full-text pair, or a mapping whose `flow_state` (a flow's `get_state()` dict) the
+    child stores as the `flow` column; both are redacted with `secrets`.
     """
 
     def __init__(self, path: Path, *, retention: RetentionPolicy | None = None, secrets: tuple[str, ...] = (),
@@ -221,7 +223,7 @@ class LogWriterProcess:
         assert self._fallback is not None
         redactor = Redactor(self._secrets)
         for row, payload, fts in items:
-            self._fallback.submit(row, _with_flow_file(payload, redactor), fts)
+            self._fallback.submit(row, *_finish_payload(payload, fts, redactor))
 
     def _use_fallback(self) -> None:
         if self._conn is not None:
@@ -232,14 +234,21 @@ class LogWriterProcess:
             self._fallback.start()
 
 
-def _with_flow_file(payload: Mapping[str, Any] | None, redactor: Redactor) -> Mapping[str, Any] | None:
-    """Turn a payload's `flow_state` into the `flow` column."""
+def _finish_payload(payload: Any, fts: tuple[str, str] | None,
+                    redactor: Redactor) -> tuple[Mapping[str, Any] | None, tuple[str, str] | None]:
+    """Build the payload columns and full-text pair from a `PayloadSource`.
+
+    A payload that is already a mapping passes through, with a `flow_state` turned into the
+    `flow` column.
+    """
+    if isinstance(payload, PayloadSource):
+        return build_payload(payload, redactor)
     if payload is None or "flow_state" not in payload:
-        return payload
+        return payload, fts
     converted = dict(payload)
     state = converted.pop("flow_state")
     converted["flow"] = flow_file(state, redactor) if state is not None else None
-    return converted
+    return converted, fts
 
 
 def _child_main(conn: Connection, path: str, retention: RetentionPolicy, secrets: tuple[str, ...],
@@ -274,11 +283,10 @@ def _child_main(conn: Connection, path: str, retention: RetentionPolicy, secrets
                     while store.stats.queued >= _CHILD_BACKLOG and store.running:
                         time.sleep(0.05)
                     try:
-                        payload = _with_flow_file(payload, redactor)
-                    except Exception as error:  # a bad flow state costs its flow file, not the row
-                        log.warning("request %s: flow file not stored: %s", row.get("id"), error)
-                        payload = {**payload, "flow_state": None} if payload else payload
-                        payload = _with_flow_file(payload, redactor)
+                        payload, fts = _finish_payload(payload, fts, redactor)
+                    except Exception as error:  # a payload that cannot be built costs itself, not the row
+                        log.warning("request %s: payload not stored: %s", row.get("id"), error)
+                        payload, fts = None, None
                     store.submit(row, payload, fts)
                 publish()
             elif kind == "retention":
