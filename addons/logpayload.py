@@ -21,7 +21,7 @@ from addons.usage_text import request_text
 
 @dataclass
 class PayloadSource:
-    """What the writer needs to build one flow's payload; plain values, so it pickles."""
+    """The inputs the writer builds one flow's payload from; plain values, so it pickles."""
 
     flow_state: dict[str, Any]  # the flow in the client's form, from `logrow.flow_states`
     client_snapshot: bool  # True when flow_state's request is the snapshot taken on arrival
@@ -30,7 +30,7 @@ class PayloadSource:
     streamed: bytes | None  # what the stream tap kept of a streamed response, decoded
     streamed_size: int
     streamed_truncated: bool
-    reply_text: str  # the answer text the usage tracker collected, for the full-text index
+    reply_text: str  # the reply text the usage tracker collected, for the full-text index
     max_bytes: int
 
 
