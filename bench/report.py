@@ -31,13 +31,18 @@ def _get(results: dict, target: str, part: str, case: str) -> dict | None:
     return (entry.get(part) or {}).get(case)
 
 
+def _litellm_peer(name: str) -> str:
+    """Name the LiteLLM target with as many worker processes as target `name`."""
+    return "litellm-2w" if name.endswith("-2w") else "litellm"
+
+
 def plain_table(results: dict) -> list[str]:
     """Build the plain-request table: throughput, latency, proxy CPU and RSS, and ratios."""
     rows = []
     for name, entry in results["targets"].items():
         for case, r in (entry.get("plain") or {}).items():
             direct = _get(results, "direct", "plain", case)
-            litellm = _get(results, "litellm", "plain", case)
+            litellm = _get(results, _litellm_peer(name), "plain", case)
             mitm = _get(results, "mitmdump", "plain", case) if name.startswith("meterway") else None
             rows.append([name, case, _num(r["rps"], 0), _num(r["p50_ms"], 2), _num(r["p99_ms"], 2), str(r["errors"]),
                          _num(r.get("probe_after_ms"), 0),
@@ -55,7 +60,7 @@ def stream_table(results: dict) -> list[str]:
     for name, entry in results["targets"].items():
         for case, r in (entry.get("streams") or {}).items():
             direct = _get(results, "direct", "streams", case)
-            litellm = _get(results, "litellm", "streams", case)
+            litellm = _get(results, _litellm_peer(name), "streams", case)
             mitm = None
             if name.startswith("meterway"):
                 mitm = _get(results, "mitmdump-stream", "streams", case) or _get(results, "mitmdump", "streams", case)

@@ -69,9 +69,11 @@ def _start_target(name: str, procs: Processes, upstream: str, router: str | None
         return start_meterway(procs, "meterway", upstream, router)
     if name == "meterway-norouter":
         return start_meterway(procs, "meterway-norouter", upstream, None)
+    if name == "meterway-2w":
+        return start_meterway(procs, name, upstream, router, workers=2)
     if name in ("mitmdump", "mitmdump-stream"):
         return start_mitmdump(procs, name, upstream, stream=name == "mitmdump-stream")
-    return start_litellm(procs, upstream)
+    return start_litellm(procs, upstream, workers=2 if name == "litellm-2w" else 1)
 
 
 def measure_target(name: str, procs: Processes, upstream: str, router: str | None, settings: Settings) -> dict:

@@ -33,9 +33,11 @@ TARGETS = {
     "direct": "the client talks to the upstream itself",
     "meterway": "`meterway run` with the ext_proc router (failOpen) and the SQLite log",
     "meterway-norouter": "`meterway run` without the ext_proc policy, SQLite log on",
+    "meterway-2w": "`meterway run --workers 2`: two gateway processes on one port, router and log on",
     "mitmdump": "`mitmdump -q --mode reverse:...` with no script",
     "mitmdump-stream": "plain mitmdump with `--set stream_large_bodies=1` (stream cases only)",
     "litellm": "LiteLLM proxy, one worker, no database, offline cost map",
+    "litellm-2w": "LiteLLM proxy with `--num_workers 2`, to compare with `meterway-2w`",
 }
 
 
@@ -125,7 +127,7 @@ def start_router(procs: Processes) -> str:
 
 
 def start_meterway(procs: Processes, name: str, upstream: str, router: str | None,
-                   profile_to: Path | None = None) -> Target:
+                   profile_to: Path | None = None, workers: int = 1) -> Target:
     """Start `meterway run` on a copy of a bench config in its own folder."""
     folder = procs.folder / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -137,6 +139,8 @@ def start_meterway(procs: Processes, name: str, upstream: str, router: str | Non
     mapping = f"api.openai.com:443={upstream}"
     if profile_to is None:
         command = [str(BIN / "meterway"), "run", str(config), "--upstream", mapping]
+        if workers > 1:
+            command += ["--workers", str(workers)]
     else:
         command = [sys.executable, "-m", "bench.profiled", str(profile_to), "run", str(config), "--upstream", mapping]
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
@@ -165,16 +169,20 @@ def litellm_config(upstream: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def start_litellm(procs: Processes, upstream: str) -> Target:
+def start_litellm(procs: Processes, upstream: str, workers: int = 1) -> Target:
     """Start the LiteLLM proxy (installing it on first use); raise RuntimeError if unavailable."""
     command = litellm_command()
-    folder = procs.folder / "litellm"
+    name = "litellm" if workers == 1 else f"litellm-{workers}w"
+    folder = procs.folder / name
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "litellm.yaml"
     config.write_text(litellm_config(upstream))
     port = free_port()
     env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR", "OPENAI_API_KEY": BENCH_OPENAI_KEY}
     # Without DATABASE_URL the proxy runs with no database, as the comparison requires.
-    process = procs.start("litellm", [*command, "--config", str(config), "--host", "127.0.0.1", "--port", str(port)],
-                          port, env=env, cwd=folder, timeout=180.0, unset=("DATABASE_URL",))
-    return Target("litellm", f"http://127.0.0.1:{port}", process.pid, folder=folder)
+    arguments = ["--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
+    if workers > 1:
+        arguments += ["--num_workers", str(workers)]
+    process = procs.start(name, [*command, *arguments], port, env=env, cwd=folder, timeout=180.0,
+                          unset=("DATABASE_URL",))
+    return Target(name, f"http://127.0.0.1:{port}", process.pid, folder=folder)
