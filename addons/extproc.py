@@ -36,12 +36,11 @@ import logging
 import time
 
 import grpc
-from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from addons.extproc_decisions import BodyDecision, HeaderDecision, RequestDecision, ResponseMode
 from addons.extproc_mutations import ImmediateResponse
-from addons.extproc_options import BODY_MODE_TO_ENUM, ProcessingOptions, validate_options
+from addons.extproc_options import ProcessingOptions, validate_options
 from addons.extproc_session import ExtProcSession
 from addons.extproc_stream import CHANNEL_OPTIONS, ProcessStream, RouterFailure
 
@@ -78,11 +77,6 @@ class ExtProcClient:
         if allow_mode_override and not options.allow_mode_override:
             options = dataclasses.replace(options, allow_mode_override=True)
         self.options = options
-        # Envoy's first message of each stream carries the configured body modes.
-        self.protocol_config = pb.ProtocolConfiguration(
-            request_body_mode=BODY_MODE_TO_ENUM[options.request_body_mode],
-            response_body_mode=BODY_MODE_TO_ENUM[options.response_body_mode],
-        )
         self.failure_mode = failure_mode
         self.message_timeout = message_timeout
         self._channel: grpc.aio.Channel | None = None

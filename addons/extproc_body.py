@@ -83,7 +83,7 @@ def observe_chunk(session: ExtProcSession, chunk: bytes, end_of_stream: bool) ->
         chunk, session._held_body = bytes(session._held_body), None
 
     try:
-        session._queue(response_body=pb.HttpBody(body=chunk, end_of_stream=end_of_stream))
+        session._send(response_body=pb.HttpBody(body=chunk, end_of_stream=end_of_stream))
     except RouterFailure as failure:
         session._finished = True
         logger.warning("ext_proc router %s: cannot observe the response stream: %s",

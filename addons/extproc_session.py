@@ -26,6 +26,7 @@ from addons.extproc_mutations import (
     immediate_from_proto,
     set_content_length,
 )
+from addons.extproc_options import BODY_MODE_TO_ENUM
 from addons.extproc_stream import ProcessStream, RouterFailure
 
 if TYPE_CHECKING:
@@ -94,14 +95,12 @@ class ExtProcSession:
             request_done = False
             if self._options.request_header_mode == "send":
                 pseudo = [(":method", method), (":scheme", scheme), (":authority", authority), (":path", path)]
-                await self._write(request_headers=pb.HttpHeaders(
+                self._send(request_headers=pb.HttpHeaders(
                     headers=headers_to_proto(pseudo + list(headers)), end_of_stream=not body_bytes))
                 sent = True
                 if body_bytes and self._options.request_body_mode == "fullDuplexStreamed":
                     # Full duplex does not wait for the header reply before sending the body.
-                    # It is queued, not awaited, because a large body can wait for gRPC flow
-                    # control while the header reply (perhaps an immediate response) has arrived.
-                    self._queue(request_body=pb.HttpBody(body=body_bytes, end_of_stream=True))
+                    self._send(request_body=pb.HttpBody(body=body_bytes, end_of_stream=True))
                     full_duplex_sent = True
                 reply = await self._expect("request_headers")
                 if reply is not None and reply.WhichOneof("response") == "immediate_response":
@@ -120,7 +119,7 @@ class ExtProcSession:
             mode = "fullDuplexStreamed" if full_duplex_sent else self._options.request_body_mode
             if body_bytes and mode != "none" and not request_done and not self._finished:
                 if not full_duplex_sent:
-                    await self._write(request_body=pb.HttpBody(body=body_bytes, end_of_stream=True))
+                    self._send(request_body=pb.HttpBody(body=body_bytes, end_of_stream=True))
                     sent = True
                 result = await exchange_body(self, "request_body", body_bytes, mode, editor)
                 if result.immediate is not None:
@@ -148,7 +147,7 @@ class ExtProcSession:
             return decision
         try:
             pseudo = [(":status", str(status))]
-            await self._write(response_headers=pb.HttpHeaders(
+            self._send(response_headers=pb.HttpHeaders(
                 headers=headers_to_proto(pseudo + list(headers)), end_of_stream=end_of_stream))
             reply = await self._expect("response_headers")
             decision.outcome = "ok"
@@ -185,7 +184,7 @@ class ExtProcSession:
             return decision
 
         try:
-            await self._write(response_body=pb.HttpBody(body=body, end_of_stream=True))
+            self._send(response_body=pb.HttpBody(body=body, end_of_stream=True))
             self._response_done = True
             result = await exchange_body(self, "response_body", body, mode, editor)
         except (RouterFailure, MutationError) as error:
@@ -219,40 +218,27 @@ class ExtProcSession:
         self._finished = True
         if stream is None:
             return
-        if self._drain_task is not None:
-            # The background reader of an observed stream ends by itself once the router
-            # ends the call, and only after it is gone may finish() read the rest.
-            stream.half_close()
-            await stop_drain(self, _CLOSE_GRACE)
+        # The background reader of an observed stream ends by itself once the router ends
+        # the call, and only after it is gone may finish() read the rest.
+        stream.half_close()
+        await stop_drain(self, _CLOSE_GRACE)
         await stream.finish(_CLOSE_GRACE)
 
     # Internal helpers, shared with addons.extproc_body.
 
-    async def _write(self, **fields: object) -> None:
-        """Write one message, from a coroutine that can wait until gRPC has taken it."""
-        message = self._message(fields)
-        await self._open_stream().write(message)
-
-    def _queue(self, **fields: object) -> None:
-        """Queue one message without waiting, from synchronous code."""
-        message = self._message(fields)
-        self._open_stream().send(message)
-
-    def _message(self, fields: dict[str, object]) -> pb.ProcessingRequest:
-        request = pb.ProcessingRequest(**fields)
+    def _send(self, **message: object) -> None:
+        request = pb.ProcessingRequest(**message)
         if self._first_message:
             # Envoy puts the configured body modes into the first message only.
-            request.protocol_config.CopyFrom(self._client.protocol_config)
+            request.protocol_config.request_body_mode = BODY_MODE_TO_ENUM[self._client.options.request_body_mode]
+            request.protocol_config.response_body_mode = BODY_MODE_TO_ENUM[self._client.options.response_body_mode]
             self._first_message = False
-        return request
-
-    def _open_stream(self) -> ProcessStream:
         if self._stream is None:
             try:
                 self._stream = self._client._open_stream()
             except (RuntimeError, grpc.aio.UsageError) as error:
                 raise RouterFailure(f"could not open a stream: {error}", "router_unavailable") from None
-        return self._stream
+        self._stream.send(request)
 
     async def _expect(self, kind: str) -> pb.ProcessingResponse | None:
         assert self._stream is not None
