@@ -71,7 +71,7 @@ class Alerts:
         self._rules = [(rule, evaluator_for(rule)) for rule in self.settings.rules]
         workers = self._config.worker[1] if self._config is not None else 1
         if self._rules and workers > 1:
-            # Each worker sees only its share of the requests, so budgets and counts would be
+            # Each worker gets only its share of the requests, so budgets and counts would be
             # wrong, and every worker would send the same notice. `meterway run` refuses this
             # at start; a reload that adds rules gets this error instead.
             logger.error("meterway.alerts is ignored: the gateway runs as %d worker processes, and "

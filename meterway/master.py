@@ -46,9 +46,9 @@ def share_listen_ports() -> None:
     """Make this process's TCP listeners bind with SO_REUSEPORT.
 
     `meterway run --workers N` starts N gateway processes on the same ports, and the kernel
-    spreads new connections over them. mitmproxy binds without SO_REUSEPORT, so a second
-    process could not bind; this wraps its listen step for plain TCP modes (the gateway's
-    reverse listeners) and leaves every other mode as it is.
+    spreads new connections over them. mitmproxy binds without SO_REUSEPORT, which stops a
+    second process from binding. This wraps mitmproxy's listen step for plain TCP modes (the
+    gateway's reverse listeners) and leaves every other mode as it is.
     """
     original = mode_servers.AsyncioServerInstance.listen
     if getattr(original, "meterway_shared", False):
