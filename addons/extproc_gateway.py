@@ -49,6 +49,8 @@ class RouterCalls:
         self._sessions: weakref.WeakKeyDictionary[http.HTTPFlow, list[ExtProcSession]] = weakref.WeakKeyDictionary()
         # Bodies of responses the router replaced at the response-headers phase.
         self._replacements: weakref.WeakKeyDictionary[http.HTTPFlow, bytes] = weakref.WeakKeyDictionary()
+        # Streams closing in the background, after their flow's response went on.
+        self._closing: set[asyncio.Task] = set()
 
     def reconfigure(self, gateway: Any) -> None:
         """Remember the policies of a newly loaded config; the clients start in `start()`."""
@@ -86,6 +88,8 @@ class RouterCalls:
 
     async def close(self) -> None:
         """Close every client: the gateway phase's and those of route policies."""
+        if self._closing:
+            await asyncio.wait(list(self._closing), timeout=2.0)
         clients = ([self.client] if self.client is not None else []) + list(self._level_clients.values())
         self.client = None
         self._level_clients = {}
@@ -235,6 +239,17 @@ class RouterCalls:
                 if await send_response_body(flow, session, response):
                     break
         finally:
-            for session in sessions:
-                await session.close()
+            if sessions:
+                # Closing waits for the router's end of stream, a round trip that the client's
+                # response has no reason to wait for: it runs in a task of its own.
+                task = asyncio.get_running_loop().create_task(_close_all(sessions))
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
 
+
+async def _close_all(sessions: list[ExtProcSession]) -> None:
+    for session in sessions:
+        try:
+            await session.close()
+        except Exception:  # a router that misbehaves at the end must not leave an unread task error
+            logger.exception("closing an ext_proc stream failed")

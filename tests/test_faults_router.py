@@ -189,6 +189,26 @@ def test_router_killed_mid_request(stack: Stack) -> None:
     stack.assert_routed()
 
 
+def test_router_slow_to_close_does_not_hold_the_response(stack: Stack) -> None:
+    stack.start_router()
+    stack.assert_routed()
+    stack.router.server.linger = 3.0
+    try:
+        agent = unique_agent(f"{stack.mode}-linger")
+        started = time.monotonic()
+        response = post_chat(stack.base, agent, CODE_CHAT)
+        elapsed = time.monotonic() - started
+    finally:
+        stack.router.server.linger = 0.0
+    assert response.status_code == 200, response.text
+    # The stream closes after the response has gone; waiting for the router's end of stream
+    # would take the 1 s close grace.
+    assert elapsed < 0.8
+    row = wait_row(stack.db, agent)
+    assert row["router_outcome"] == "ok"
+    assert row["route"] == "routed"
+
+
 @pytest.mark.parametrize("reply", ["wrong-kind", "response-phase", "raise"])
 def test_router_bad_reply(stack: Stack, reply: str) -> None:
     def wrong_kind(message: pb.ProcessingRequest, state: dict) -> object:

@@ -106,6 +106,8 @@ class ExtProcServer:
         self.port = port
         self.scripts: dict[str, Script] = dict(scripts or {})
         self.delay = delay
+        # Seconds to keep a stream open after the client's half-close, as a slow router might.
+        self.linger = 0.0
         self.received: list[pb.ProcessingRequest] = []
         self.streams: list[list[pb.ProcessingRequest]] = []
         self._server: grpc.aio.Server | None = None
@@ -239,6 +241,8 @@ class _Servicer(pb_grpc.ExternalProcessorServicer):
                 if reply is END_STREAM:
                     return
                 yield reply
+        if self.owner.linger:
+            await asyncio.sleep(self.owner.linger)
 
 
 def main() -> None:
