@@ -114,3 +114,17 @@ def parse_json(data: bytes | str | None) -> Any | None:
         return json.loads(text)
     except ValueError:
         return None
+
+
+def strict_json(data: bytes | None) -> Any | None:
+    """Parse a body as JSON; None when it is empty, not JSON, or not valid UTF-8.
+
+    Unlike `parse_json`, bad bytes make the body unreadable: the request log then counts
+    tokens for a reply it could not read instead of trusting a repaired one.
+    """
+    if not data:
+        return None
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return None

@@ -22,7 +22,7 @@ from addons import record as flowrecord
 from addons.config import Config
 from addons import tokens
 from addons.anthropic_translate import MessagesStreamToChat, error_to_openai, messages_to_chat
-from addons.bodies import decode_body
+from addons.bodies import decode_body, strict_json
 from addons.logpayload import PayloadSource
 from addons.logrow import base_row, flow_states
 from addons.pricing import PriceCatalog
@@ -135,7 +135,7 @@ class CostLog:
     def _translate_body(self, flow: http.HTTPFlow, rec: dict[str, Any]) -> None:
         """Turn a buffered Anthropic response into an OpenAI chat completion for the client."""
         response = flow.response
-        parsed = _json(response.get_content(strict=False))
+        parsed = strict_json(response.get_content(strict=False))
         if not isinstance(parsed, dict):
             return
         self._originals[flow] = parsed
@@ -220,7 +220,7 @@ class CostLog:
             tracker = UsageTracker(rec.get("api") or "other", rec.get("provider") or "openai")
         if response is not None and tap is None:
             decoded, _ = decode_body(response.raw_content or b"", response.headers.get("content-encoding"))
-            parsed = _json(decoded)
+            parsed = strict_json(decoded)
             original = self._originals.pop(flow, None)
             if original is not None:
                 tracker = UsageTracker("messages", "anthropic")
@@ -304,7 +304,7 @@ class CostLog:
         has_usage = usage is not None and usage.source == "provider"
         if not has_usage and row["outcome"] in ("ok", "client_disconnected") and rec.get("upstream") \
                 and rec.get("api") in ("chat_completions", "responses", "messages", "generate_content", "ollama_chat"):
-            return _Estimate(rec, tracker, _json(_client_body(flow, client_state)), rec.get("routed_model"))
+            return _Estimate(rec, tracker, strict_json(_client_body(flow, client_state)), rec.get("routed_model"))
         self._apply_usage(rec, row, usage)
         return None
 
@@ -354,15 +354,6 @@ def _upstream_connected(flow: http.HTTPFlow) -> bool:
     if server is None or server.timestamp_tcp_setup is None:
         return False
     return flow.request.scheme != "https" or server.timestamp_tls_setup is not None
-
-
-def _json(data: bytes | None) -> Any | None:
-    if not data:
-        return None
-    try:
-        return json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        return None
 
 
 def _error_message(body: Any, status: int) -> str:

@@ -8,12 +8,12 @@ instead of on the gateway's event loop.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from mitmproxy import http
 
+from addons.bodies import strict_json
 from addons.logrow import StoredBody, flow_file, request_json, request_state_json, response_json
 from addons.redact import Redactor
 from addons.usage_text import request_text
@@ -69,13 +69,4 @@ def build_payload(source: PayloadSource, redactor: Redactor) -> tuple[dict[str, 
         "body_flags": sorted(set(client_body.flags + (response_body.flags if response_body else []))) or None,
         "flow": flow_file(source.flow_state, redactor),
     }
-    return payload, (request_text(_json(client_body.decoded)), source.reply_text)
-
-
-def _json(data: bytes | None) -> Any | None:
-    if not data:
-        return None
-    try:
-        return json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        return None
+    return payload, (request_text(strict_json(client_body.decoded)), source.reply_text)
