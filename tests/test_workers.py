@@ -9,17 +9,17 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.gateway_process import BIN, REPO, free_port, stop_process, wait_for_port
 from tests.logdb import wait_for
+from tests.standins.openai_api import OpenAIStandIn
 
 CONFIG = """\
 binds:
@@ -32,38 +32,15 @@ binds:
           provider:
             openAI: {{}}
           hostOverride: 127.0.0.1:{upstream}
+        policies:
+          backendAuth:
+            key: sk-workers-backend-0000
 config:
   database:
     url: sqlite://log.db
   statsAddr: 127.0.0.1:{stats}
   readinessAddr: 127.0.0.1:{ready}
 """
-CHAT = {"id": "c1", "object": "chat.completion", "model": "m",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
-
-
-class Upstream:
-    """An OpenAI-style chat endpoint on 127.0.0.1 in a thread."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.ready = threading.Event()
-
-    async def chat(self, request: web.Request) -> web.Response:
-        return web.json_response(CHAT)
-
-    def run(self) -> None:
-        import asyncio
-
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self.chat)
-        self.loop = asyncio.new_event_loop()
-        runner = web.AppRunner(app)
-        self.loop.run_until_complete(runner.setup())
-        self.loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
-        self.ready.set()
-        self.loop.run_forever()
 
 
 class Supervisor:
@@ -120,14 +97,15 @@ def post(port: int) -> httpx.Response:
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Upstream:
-    server = Upstream()
-    threading.Thread(target=server.run, daemon=True).start()
-    server.ready.wait(10)
-    return server
+def upstream() -> Iterator[OpenAIStandIn]:
+    server = OpenAIStandIn()
+    server.require_key = "sk-workers-backend-0000"  # every worker injects the backend key
+    server.start_in_thread()
+    yield server
+    server.stop_in_thread()
 
 
-def test_workers_share_port_without_losing_rows(tmp_path: Path, upstream: Upstream) -> None:
+def test_workers_share_port_without_losing_rows(tmp_path: Path, upstream: OpenAIStandIn) -> None:
     supervisor = Supervisor(tmp_path, upstream.port)
     try:
         supervisor.wait_ready()
@@ -154,7 +132,7 @@ def test_workers_share_port_without_losing_rows(tmp_path: Path, upstream: Upstre
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
 
 
-def test_workers_restart_a_killed_one(tmp_path: Path, upstream: Upstream) -> None:
+def test_workers_restart_a_killed_one(tmp_path: Path, upstream: OpenAIStandIn) -> None:
     supervisor = Supervisor(tmp_path, upstream.port)
     try:
         supervisor.wait_ready()
