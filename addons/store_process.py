@@ -257,7 +257,8 @@ def _child_main(conn: Connection, path: str, retention: RetentionPolicy, secrets
     # Ctrl-C in a terminal reaches the whole process group; the gateway decides when to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
+    # Warnings only: the gateway already logs the writer's start and stop with its counts.
+    logging.basicConfig(level=logging.WARNING, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
     store = RequestStore(Path(path), retention=retention)
     store.start()
     redactor = Redactor(secrets)
@@ -275,7 +276,7 @@ def _child_main(conn: Connection, path: str, retention: RetentionPolicy, secrets
             try:
                 message = conn.recv()
             except (EOFError, OSError):
-                log.info("request log writer process: the gateway is gone; writing what is queued")
+                log.warning("request log writer process: the gateway is gone; writing what is queued")
                 break
             kind = message[0]
             if kind == "rows":

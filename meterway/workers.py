@@ -69,6 +69,7 @@ class Worker:
     process: subprocess.Popen | None = None
     started_at: float = 0.0
     quick_exits: int = 0
+    incarnation: int = 0  # how many times it was started
 
     @property
     def metrics_url(self) -> str:
@@ -104,11 +105,14 @@ class Supervisor:
         # forwards one SIGTERM, instead of every worker getting two signals.
         worker.process = subprocess.Popen(self.command(worker), process_group=0)
         worker.started_at = time.monotonic()
+        worker.incarnation += 1
         logger.info("worker %d (pid %d): metrics on 127.0.0.1:%d, readiness on 127.0.0.1:%d",
                     worker.index, worker.process.pid, worker.stats_port, worker.ready_port)
 
     def stop(self, signum: int = signal.SIGTERM) -> None:
         """Ask every worker to drain and stop; called from a signal handler."""
+        if not self.stopping.is_set():
+            logger.info("stopping %d workers: each drains its requests in flight", self.count)
         self.stopping.set()
         for worker in self.workers:
             if worker.process is not None and worker.process.poll() is None:
@@ -135,8 +139,10 @@ class Supervisor:
         lived = time.monotonic() - worker.started_at
         worker.quick_exits = worker.quick_exits + 1 if lived < QUICK_EXIT_SECONDS else 0
         if worker.quick_exits >= 2:
-            logger.error("worker %d exited with status %s within %.0f s of its start, twice; stopping "
-                         "the gateway (its output above says why)", worker.index, status, lived)
+            cause = (f"it was killed by signal {-status}" if status < 0
+                     else "its output above says why")
+            logger.error("worker %d exited with status %s less than %.0f s after its start, twice in a "
+                         "row; stopping the gateway (%s)", worker.index, status, QUICK_EXIT_SECONDS, cause)
             return False
         logger.warning("worker %d exited with status %s after %.0f s; starting it again",
                        worker.index, status, lived)
@@ -157,51 +163,114 @@ class Supervisor:
                 worker.process.kill()
                 code = worker.process.wait()
             status = status or (code if code and code > 0 else 0)
+        logger.info("all %d workers stopped%s", self.count, f"; exit status {status}" if status else "")
         return status
 
 
+# One sample of a family: (family name, sample name, sorted labels).
+SampleKey = tuple[str, str, tuple[tuple[str, str], ...]]
+# Families whose samples only grow while a worker lives (a restart starts them at zero).
+_GROWING = ("counter", "histogram", "summary")
+# How often the supervisor scrapes the workers between Prometheus scrapes, so a worker that
+# dies takes at most this much of its counting with it.
+REFRESH_SECONDS = 5.0
+
+
+@dataclass
+class _WorkerSamples:
+    incarnation: int = 0
+    growing: dict[SampleKey, float] = field(default_factory=dict)  # at the last scrape
+    carried: dict[SampleKey, float] = field(default_factory=dict)  # from earlier incarnations
+    gauges: dict[SampleKey, float] = field(default_factory=dict)
+    created: dict[SampleKey, float] = field(default_factory=dict)
+    answered: bool = False
+
+
 class SummedMetrics(Collector):
-    """Scrape every worker at collect time and add up samples with the same name and labels."""
+    """Add up the workers' samples with the same name and labels.
+
+    A worker that is restarted counts from zero again, so its counters and histograms keep
+    what its earlier incarnations counted up to their last scrape: the sums never go down,
+    which Prometheus would read as a reset. Gauges come from the workers reached in this scrape.
+    """
 
     def __init__(self, workers: Sequence[Worker]) -> None:
         self._workers = workers
+        self._samples = {worker.index: _WorkerSamples() for worker in workers}
+        self._families: dict[str, tuple[str, str]] = {}
+        self._lock = threading.Lock()
 
-    def collect(self) -> Iterator[Metric]:
-        families: dict[str, Metric] = {}
-        values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
-        answered = 0
+    def refresh(self) -> None:
+        """Scrape every worker now."""
         for worker in self._workers:
             try:
                 with urllib.request.urlopen(worker.metrics_url, timeout=SCRAPE_TIMEOUT_SECONDS) as reply:
                     text = reply.read().decode()
             except (OSError, urllib.error.URLError):
-                continue  # a worker that is restarting; `meterway_workers_scraped` shows it
-            answered += 1
+                with self._lock:
+                    self._samples[worker.index].answered = False
+                continue  # restarting; `meterway_workers_scraped` shows it
+            growing: dict[SampleKey, float] = {}
+            gauges: dict[SampleKey, float] = {}
+            created: dict[SampleKey, float] = {}
+            families = {}
             for family in text_string_to_metric_families(text):
-                families.setdefault(family.name, Metric(family.name, family.documentation, family.type))
-                samples = values.setdefault(family.name, {})
+                families[family.name] = (family.documentation, family.type)
                 for sample in family.samples:
-                    key = (sample.name, tuple(sorted(sample.labels.items())))
+                    key = (family.name, sample.name, tuple(sorted(sample.labels.items())))
                     if sample.name.endswith("_created"):
-                        # A creation time is not a count: the oldest one stands for the sum.
-                        samples[key] = min(samples.get(key, sample.value), sample.value)
+                        created[key] = sample.value
+                    elif family.type in _GROWING:
+                        growing[key] = sample.value
                     else:
-                        samples[key] = samples.get(key, 0.0) + sample.value
-        for name, family in families.items():
-            for (sample_name, labels), value in values[name].items():
-                family.add_sample(sample_name, dict(labels), value)
-            yield family
+                        gauges[key] = sample.value
+            with self._lock:
+                self._families.update(families)
+                state = self._samples[worker.index]
+                if state.incarnation != worker.incarnation:
+                    for key, value in state.growing.items():
+                        state.carried[key] = state.carried.get(key, 0.0) + value
+                    state.incarnation = worker.incarnation
+                state.growing, state.gauges, state.created, state.answered = growing, gauges, created, True
+
+    def collect(self) -> Iterator[Metric]:
+        self.refresh()
+        sums: dict[SampleKey, float] = {}
+        oldest: dict[SampleKey, float] = {}
+        with self._lock:
+            answered = sum(state.answered for state in self._samples.values())
+            for state in self._samples.values():
+                for part in (state.carried, state.growing) + ((state.gauges,) if state.answered else ()):
+                    for key, value in part.items():
+                        sums[key] = sums.get(key, 0.0) + value
+                for key, value in state.created.items():
+                    # A creation time is not a count: the oldest one stands for the sum.
+                    oldest[key] = min(oldest.get(key, value), value)
+            families = dict(self._families)
+        metrics = {name: Metric(name, documentation, kind) for name, (documentation, kind) in families.items()}
+        for values in (sums, oldest):
+            for (name, sample_name, labels), value in sorted(values.items()):
+                if name in metrics:
+                    metrics[name].add_sample(sample_name, dict(labels), value)
+        yield from metrics.values()
         scraped = Metric("meterway_workers_scraped", "Worker processes whose metrics this scrape added up.",
                          "gauge")
         scraped.add_sample("meterway_workers_scraped", {}, answered)
         yield scraped
 
 
-def serve_metrics(workers: Sequence[Worker], host: str, port: int) -> Any:
-    """Serve the workers' summed metrics on host:port; return the server."""
+def serve_metrics(workers: Sequence[Worker], host: str, port: int, stop: threading.Event) -> Any:
+    """Serve the workers' summed metrics on host:port until `stop` is set; return the server."""
+    summed = SummedMetrics(workers)
     registry = CollectorRegistry()
-    registry.register(SummedMetrics(workers))
+    registry.register(summed)
     server, _thread = start_http_server(port, addr=host, registry=registry)
+
+    def keep_fresh() -> None:
+        while not stop.wait(REFRESH_SECONDS):
+            summed.refresh()
+
+    threading.Thread(target=keep_fresh, name="meterway-metrics-refresh", daemon=True).start()
     logger.info("metrics of all workers: http://%s:%d/metrics", host, server.server_port)
     return server
 
@@ -268,7 +337,7 @@ def run_workers(config: Path, count: int, worker_args: Sequence[str]) -> int:
     try:
         stats = parse_stats_addr(getattr(section, "stats_addr", None))
         if stats is not None:
-            servers.append(serve_metrics(supervisor.workers, *stats))
+            servers.append(serve_metrics(supervisor.workers, *stats, supervisor.stopping))
         ready = parse_readiness_addr(getattr(section, "readiness_addr", None))
         if ready is not None:
             servers.append(serve_readiness(supervisor.workers, *ready))

@@ -134,8 +134,14 @@ def test_workers_share_port_without_losing_rows(tmp_path: Path, upstream: OpenAI
 
 def test_workers_restart_a_killed_one(tmp_path: Path, upstream: OpenAIStandIn) -> None:
     supervisor = Supervisor(tmp_path, upstream.port)
+    summed = f"http://127.0.0.1:{supervisor.stats}/metrics"
     try:
         supervisor.wait_ready()
+        for _ in range(10):
+            assert post(supervisor.port).status_code == 200
+        wait_for(supervisor.db, "select id from requests", count=10)
+        assert requests_counted(summed) == 10  # this scrape is what a restart carries over
+
         first = supervisor.pids()
         subprocess.run(["kill", "-KILL", str(first[0])], check=True)
         deadline = time.monotonic() + 30
@@ -146,6 +152,9 @@ def test_workers_restart_a_killed_one(tmp_path: Path, upstream: OpenAIStandIn) -
         supervisor.wait_ready()
         for _ in range(10):
             assert post(supervisor.port).status_code == 200
+        wait_for(supervisor.db, "select id from requests", count=20)
+        # The restarted worker counts from zero, but the sum keeps what it had counted.
+        assert requests_counted(summed) == 20
     finally:
         assert stop_process(supervisor.process, signal.SIGTERM, 40) == 0
 
