@@ -109,12 +109,6 @@ def _redacted_header_state(fields: Any) -> tuple[tuple[bytes, bytes], ...]:
     )
 
 
-def flow_state(flow: http.HTTPFlow, client_state: dict[str, Any] | None,
-               response_body: bytes | None) -> dict[str, Any]:
-    """Take the flow in the client's form as one `get_state()` dict, credentials redacted."""
-    return flow_states(flow, client_state, response_body)[0]
-
-
 def flow_states(flow: http.HTTPFlow, client_state: dict[str, Any] | None,
                 response_body: bytes | None) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
     """Return the flow in the client's form, the request as sent upstream, and the response.
@@ -152,7 +146,7 @@ def flow_states(flow: http.HTTPFlow, client_state: dict[str, Any] | None,
 
 
 def flow_file(state: dict[str, Any], redactor: Redactor) -> bytes:
-    """Serialise a state from `flow_state` as mitmproxy's flow file format, redacted."""
+    """Serialise the first state of `flow_states` as mitmproxy's flow file format, redacted."""
     data = tnetstring.dumps(state)
     if redactor.bytes(data) == data:
         return data
@@ -177,7 +171,7 @@ def _redacted_value(value: Any, redactor: Redactor) -> Any:
 def flow_blob(flow: http.HTTPFlow, client_state: dict[str, Any] | None, response_body: bytes | None,
               redactor: Redactor) -> bytes:
     """Serialise the flow in the client's form, redacted, as mitmproxy's flow file format."""
-    return flow_file(flow_state(flow, client_state, response_body), redactor)
+    return flow_file(flow_states(flow, client_state, response_body)[0], redactor)
 
 
 ROW_KEYS = (

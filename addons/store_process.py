@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from addons.logpayload import PayloadSource, build_payload
-from addons.logrow import flow_file
 from addons.redact import Redactor
 from addons.retention import RetentionPolicy
 from addons.store import RequestStore, StoreError, StoreStats, open_for_writing
@@ -44,8 +43,7 @@ class LogWriterProcess:
     """A request log in one SQLite file, written by a child process.
 
     A payload may be a `PayloadSource`, from which the child builds the payload columns and
-    the full-text pair, or a mapping whose `flow_state` (a flow's `get_state()` dict) the
-    child stores as the `flow` column; both are redacted with `secrets`.
+    the full-text pair, redacted with `secrets`; a mapping is stored as it is.
     """
 
     def __init__(self, path: Path, *, retention: RetentionPolicy | None = None, secrets: tuple[str, ...] = (),
@@ -236,19 +234,10 @@ class LogWriterProcess:
 
 def _finish_payload(payload: Any, fts: tuple[str, str] | None,
                     redactor: Redactor) -> tuple[Mapping[str, Any] | None, tuple[str, str] | None]:
-    """Build the payload columns and full-text pair from a `PayloadSource`.
-
-    A payload that is already a mapping passes through, with a `flow_state` turned into the
-    `flow` column.
-    """
+    """Build the payload columns and full-text pair of a `PayloadSource`; others pass as they are."""
     if isinstance(payload, PayloadSource):
         return build_payload(payload, redactor)
-    if payload is None or "flow_state" not in payload:
-        return payload, fts
-    converted = dict(payload)
-    state = converted.pop("flow_state")
-    converted["flow"] = flow_file(state, redactor) if state is not None else None
-    return converted, fts
+    return payload, fts
 
 
 def _child_main(conn: Connection, path: str, retention: RetentionPolicy, secrets: tuple[str, ...],

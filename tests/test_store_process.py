@@ -10,20 +10,24 @@ from pathlib import Path
 from mitmproxy import io as mitmio
 from mitmproxy.test import tflow
 
-from addons.logrow import flow_state
+from addons.logpayload import PayloadSource
+from addons.logrow import flow_states
 from addons.store_process import LogWriterProcess
 from tests.test_store import make_row, wait_for
 
 SECRET = "sk-backend-secret-0123456789"
 
 
-def payload_for(i: int) -> dict:
+def payload_for(i: int) -> PayloadSource:
     flow = tflow.tflow(resp=True)
     flow.request.path = f"/v1/chat/completions?n={i}"
+    flow.request.content = b'{"messages": [{"role": "user", "content": "hello"}]}'
     # A secret that slipped into a body must not reach the stored flow file.
     flow.response.content = f'{{"note": "{SECRET}"}}'.encode()
-    return {"client_request": "{}", "upstream_request": None, "response": "{}", "request_bytes": 2,
-            "response_bytes": 2, "truncated": 0, "body_flags": None, "flow_state": flow_state(flow, None, None)}
+    state, upstream, response = flow_states(flow, None, None)
+    return PayloadSource(flow_state=state, client_snapshot=False, upstream_request=upstream, response=response,
+                         streamed=None, streamed_size=0, streamed_truncated=False, reply_text="answer",
+                         max_bytes=65536)
 
 
 def stored(path: Path) -> list[tuple[str, bytes | None]]:
@@ -50,6 +54,11 @@ def test_rows_and_flow_files_arrive(tmp_path: Path) -> None:
     flows = list(mitmio.FlowReader(io.BytesIO(rows[7][1])).stream())
     assert flows[0].request.path == "/v1/chat/completions?n=7"
     assert SECRET.encode() not in b"".join(blob for _, blob in rows)
+    with sqlite3.connect(path) as conn:
+        response, upstream = conn.execute("select response, upstream_request from payloads limit 1").fetchone()
+        assert SECRET not in response
+        assert "/v1/chat/completions?n=" in upstream
+        assert conn.execute("select count(*) from requests_fts where requests_fts match 'hello'").fetchone() == (200,)
 
 
 def test_dead_child_falls_back_to_a_thread(tmp_path: Path) -> None:
