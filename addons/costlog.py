@@ -54,7 +54,7 @@ class CostLog:
         # Given a flow whose response is about to stream, each returns a chunk observer or None.
         self.stream_observers: list[Callable[[http.HTTPFlow], Any]] = []
         # Rows whose token estimate waits for a tiktoken encoding to load, by encoding name.
-        self._waiting: dict[str, list[tuple[_Estimate, dict, PayloadSource | None, tuple | None]]] = {}
+        self._waiting: dict[str, list[tuple[_Estimate, dict, PayloadSource | None]]] = {}
         config.on_reload(self._reconfigure)
 
     def _reconfigure(self, gateway: Any) -> None:
@@ -158,32 +158,31 @@ class CostLog:
         rec["logged"] = True
         estimate = None
         try:
-            row, payload, fts, estimate = self._build(flow, rec)
+            row, payload, estimate = self._build(flow, rec)
         except Exception:  # a bug here must not lose the flow's row entirely
             logger.exception("flow %s: building the log row failed; storing the basic row", flow.id)
-            row, payload, fts = base_row(rec), None, None
+            row, payload = base_row(rec), None
         if estimate is not None and not tokens.is_loaded(estimate.encoding):
-            self._wait_for_encoding(estimate, row, payload, fts)
+            self._wait_for_encoding(estimate, row, payload)
             return
         if estimate is not None:
             self._apply_estimate(estimate, row)
-        self._submit(row, payload, fts)
+        self._submit(row, payload)
 
-    def _submit(self, row: dict[str, Any], payload: PayloadSource | None, fts: tuple | None) -> None:
+    def _submit(self, row: dict[str, Any], payload: PayloadSource | None) -> None:
         if self.store is not None:
-            self.store.submit(row, payload, fts)
+            self.store.submit(row, payload)
         for observe in self.observers:
             try:
                 observe(row)
             except Exception:  # monitoring must never cost a request its row
                 logger.exception("request %s: a row observer failed", row.get("id"))
 
-    def _wait_for_encoding(self, estimate: _Estimate, row: dict[str, Any], payload: PayloadSource | None,
-                           fts: tuple | None) -> None:
+    def _wait_for_encoding(self, estimate: _Estimate, row: dict[str, Any], payload: PayloadSource | None) -> None:
         """Park a row until its encoding is built in a thread; the loop goes on meanwhile."""
         name = estimate.encoding
         waiting = self._waiting.setdefault(name, [])
-        waiting.append((estimate, row, payload, fts))
+        waiting.append((estimate, row, payload))
         if len(waiting) > 1:
             return  # the load is already under way
         try:
@@ -194,9 +193,9 @@ class CostLog:
         tokens.load_in_thread(name, lambda: loop.call_soon_threadsafe(self._release, name))
 
     def _release(self, name: str) -> None:
-        for estimate, row, payload, fts in self._waiting.pop(name, []):
+        for estimate, row, payload in self._waiting.pop(name, []):
             self._apply_estimate(estimate, row)
-            self._submit(row, payload, fts)
+            self._submit(row, payload)
 
     def _apply_estimate(self, estimate: _Estimate, row: dict[str, Any]) -> None:
         try:
@@ -205,8 +204,7 @@ class CostLog:
             usage = None
         self._apply_usage(estimate.rec, row, usage)
 
-    def _build(self, flow: http.HTTPFlow, rec: dict[str, Any]) -> tuple[dict, PayloadSource | None, tuple | None,
-                                                                          _Estimate | None]:
+    def _build(self, flow: http.HTTPFlow, rec: dict[str, Any]) -> tuple[dict, PayloadSource | None, _Estimate | None]:
         row = base_row(rec)
         response = flow.response
         tap, tracker = self._taps.pop(flow, (None, None))
@@ -243,8 +241,7 @@ class CostLog:
                 streamed=streamed, streamed_size=tap.total_bytes if tap is not None else 0,
                 streamed_truncated=bool(tap is not None and tap.truncated), reply_text=tracker.text,
                 max_bytes=self._max_bytes())
-        fts = None
-        return row, payload, fts, estimate
+        return row, payload, estimate
 
     @staticmethod
     def _timings(flow: http.HTTPFlow, row: dict[str, Any], tap: StreamTap | None) -> None:
