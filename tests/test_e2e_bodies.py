@@ -142,7 +142,7 @@ def test_large_body_is_capped_in_the_log(stack) -> None:
     assert len(json.loads(stored["response"])["body"].encode()) <= 65536
 
 
-def test_reply_without_usage_is_estimated_after_a_lazy_load(stack) -> None:
+def test_estimate_loads_one_encoding_on_first_need(stack) -> None:
     base, db, gateway = stack
     prompt = "Count these words for me please"
     response = httpx.post(f"{base}/v1/chat/completions", headers={"x-odd": "no-usage"},
