@@ -3,11 +3,12 @@
 With the writer as a thread, its Python work (preparing rows, the rollup sums, the flow
 file format) holds the gateway's GIL: about a fifth of the gateway's CPU per request in the
 profile of `bench/`. `LogWriterProcess` keeps `RequestStore`'s interface, but its thread
-only ships batches through a pipe (one pickle and one write per batch), and a child process
-runs a `RequestStore` and turns each flow state into the stored flow file.
+only ships batches through a pipe (one pickle and one write per batch). A child process runs
+a `RequestStore` and builds the stored texts and flow file from each `PayloadSource`.
 
-Rows are never lost to the pipe: if the child cannot start or dies, the shipper switches to
-a `RequestStore` thread in this process and writes the batch it could not send there.
+If the child cannot start or dies, the shipper switches to a `RequestStore` thread in this
+process, starting with the batch it could not send. Rows the child had received but not yet
+written are lost with it.
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ _CHILD_BACKLOG = 5000
 class LogWriterProcess:
     """A request log in one SQLite file, written by a child process.
 
-    A payload may be a `PayloadSource`, from which the child builds the payload columns and
-    the full-text pair, redacted with `secrets`; a mapping is stored as it is.
+    From a `PayloadSource` the child builds the payload columns and the full-text pair,
+    redacted with `secrets`. A payload that is already a mapping is stored as it is.
+    Only the shipper thread writes to the pipe, because a `Connection` is not thread-safe.
     """
 
     def __init__(self, path: Path, *, retention: RetentionPolicy | None = None, secrets: tuple[str, ...] = (),
@@ -66,6 +68,9 @@ class LogWriterProcess:
         self._lock = threading.Lock()
         self._sent = 0
         self._dropped = 0
+        # Retention and secrets changes, sent by the shipper ahead of its next batch.
+        self._controls: queue.SimpleQueue[tuple] = queue.SimpleQueue()
+        self._stop_timeout = 5.0
 
     @property
     def stats(self) -> StoreStats:
@@ -109,14 +114,14 @@ class LogWriterProcess:
             self._process.start()
             child_end.close()
             self._conn = parent_end
+            log.info("request log writer process started on %s", self.path)
         except OSError as error:
-            log.warning("request log writer process did not start (%s); writing from a thread instead", error)
+            log.warning("request log writer process failed to start (%s); writing from a thread instead", error)
             self._use_fallback()
         self._thread = threading.Thread(target=self._ship, name="meterway-log-shipper", daemon=True)
         self._thread.start()
-        log.info("request log writer process started on %s", self.path)
 
-    def submit(self, row: Mapping[str, Any], payload: Mapping[str, Any] | None = None,
+    def submit(self, row: Mapping[str, Any], payload: PayloadSource | Mapping[str, Any] | None = None,
                fts: tuple[str, str] | None = None) -> bool:
         """Queue one request row without blocking; return False when it was dropped."""
         if self._closed:
@@ -146,13 +151,13 @@ class LogWriterProcess:
         if thread is None:
             return
         deadline = time.monotonic() + timeout
+        # The shipper sends what is queued, then the stop message with the child's share of the time.
+        self._stop_timeout = max(0.5, timeout * 0.6)
         self._stopping.set()
         thread.join(max(0.1, timeout * 0.3))
-        if self._conn is not None:
-            try:
-                self._conn.send(("stop", max(0.5, deadline - time.monotonic() - 0.2)))
-            except (OSError, ValueError):
-                pass
+        if thread.is_alive():
+            log.warning("request log shipper still sending after %.1f s; the writer process may be stuck",
+                        timeout * 0.3)
         if self._process is not None:
             self._process.join(max(0.1, deadline - time.monotonic()))
             if self._process.is_alive():
@@ -174,11 +179,7 @@ class LogWriterProcess:
     def _control(self, message: tuple) -> None:
         if self._fallback is not None and message[0] == "retention":
             self._fallback.set_retention(message[1])
-        if self._conn is not None:
-            try:
-                self._conn.send(message)
-            except (OSError, ValueError):
-                pass  # the shipper notices the broken pipe and switches to the thread
+        self._controls.put(message)
 
     def _collect(self) -> list[tuple[Mapping[str, Any], Any, Any]]:
         """Wait for a row, then sleep out the flush interval and take everything queued.
@@ -203,21 +204,31 @@ class LogWriterProcess:
     def _ship(self) -> None:
         while True:
             items = self._collect()
+            while not self._controls.empty():
+                self._send_message(self._controls.get())
             if items:
                 self._send(items)
             elif self._stopping.is_set():
+                self._send_message(("stop", self._stop_timeout))
                 return
 
+    def _send_message(self, message: tuple) -> bool:
+        """Send one message to the child; return False when it is gone (the thread takes over)."""
+        if self._conn is None:
+            return False
+        try:
+            self._conn.send(message)
+            return True
+        except (OSError, ValueError) as error:
+            log.warning("request log writer process is gone (%s); writing from a thread instead", error)
+            self._use_fallback()
+            return False
+
     def _send(self, items: list[tuple[Mapping[str, Any], Any, Any]]) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.send(("rows", items))
-                with self._lock:
-                    self._sent += len(items)
-                return
-            except (OSError, ValueError) as error:
-                log.warning("request log writer process is gone (%s); writing from a thread instead", error)
-                self._use_fallback()
+        if self._send_message(("rows", items)):
+            with self._lock:
+                self._sent += len(items)
+            return
         assert self._fallback is not None
         redactor = Redactor(self._secrets)
         for row, payload, fts in items:
@@ -227,6 +238,10 @@ class LogWriterProcess:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        counters = self._counters
+        with self._lock:
+            # Rows the child took and did not write are gone, so they no longer count as queued.
+            self._sent = counters[_WRITTEN] + counters[_DROPPED] + counters[_FAILED]
         if self._fallback is None:
             self._fallback = RequestStore(self.path, retention=self._retention)
             self._fallback.start()
@@ -243,7 +258,7 @@ def _finish_payload(payload: Any, fts: tuple[str, str] | None,
 def _child_main(conn: Connection, path: str, retention: RetentionPolicy, secrets: tuple[str, ...],
                 counters: Any) -> None:
     """Write rows from the pipe until the parent sends stop or closes the pipe."""
-    # Ctrl-C in a terminal reaches the whole process group; the gateway decides when to stop.
+    # Ctrl-C in a terminal reaches the whole process group, so the gateway decides when to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # Warnings only: the gateway already logs the writer's start and stop with its counts.
@@ -274,8 +289,9 @@ def _child_main(conn: Connection, path: str, retention: RetentionPolicy, secrets
                         time.sleep(0.05)
                     try:
                         payload, fts = _finish_payload(payload, fts, redactor)
-                    except Exception as error:  # a payload that cannot be built costs itself, not the row
-                        log.warning("request %s: payload not stored: %s", row.get("id"), error)
+                    except Exception as error:  # the row is still stored, without its payload
+                        log.warning("request %s: building the payload failed, storing the row without it: %s",
+                                    row.get("id"), error)
                         payload, fts = None, None
                     store.submit(row, payload, fts)
                 publish()

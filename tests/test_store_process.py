@@ -75,3 +75,17 @@ def test_dead_child_falls_back_to_a_thread(tmp_path: Path) -> None:
 
     assert len(stored(path)) == 51
     assert writer.stats.written == 51
+
+
+def test_writer_applies_new_secrets(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    writer = LogWriterProcess(path, flush_interval=0.02)
+    writer.start()
+    writer.set_secrets((SECRET,))  # as a config reload does, after the child has started
+    for i in range(5):
+        writer.submit(make_row(i), payload_for(i))
+    writer.stop(10)
+
+    rows = stored(path)
+    assert len(rows) == 5
+    assert SECRET.encode() not in b"".join(blob for _, blob in rows)
