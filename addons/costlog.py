@@ -81,8 +81,8 @@ class CostLog:
             logger.info("request log: %s", path)
 
     def done(self) -> None:
-        # Rows still waiting for an encoding are finished here, loading it on this thread:
-        # at shutdown a short wait is better than losing them.
+        # Rows still waiting for an encoding are finished here, loading it on this thread,
+        # because at shutdown a short wait is better than losing them.
         for name in list(self._waiting):
             self._release(name)
         if self.store is not None:
@@ -179,7 +179,7 @@ class CostLog:
                 logger.exception("request %s: a row observer failed", row.get("id"))
 
     def _wait_for_encoding(self, estimate: _Estimate, row: dict[str, Any], payload: PayloadSource | None) -> None:
-        """Park a row until its encoding is built in a thread; the loop goes on meanwhile."""
+        """Park a row until its encoding is built in a thread, while the loop goes on."""
         name = estimate.encoding
         waiting = self._waiting.setdefault(name, [])
         waiting.append((estimate, row, payload))
@@ -200,7 +200,7 @@ class CostLog:
     def _apply_estimate(self, estimate: _Estimate, row: dict[str, Any]) -> None:
         try:
             usage = estimate.tracker.estimate(estimate.request_obj, estimate.model)
-        except tokens.EncodingDataError:  # already logged by the loader; usage_source is then none
+        except tokens.EncodingDataError:  # the loader logged it, and the row's usage_source is none
             usage = None
         self._apply_usage(estimate.rec, row, usage)
 

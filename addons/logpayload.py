@@ -21,11 +21,11 @@ from addons.usage_text import request_text
 
 @dataclass
 class PayloadSource:
-    """The inputs the writer builds one flow's payload from; plain values, so it pickles."""
+    """Inputs for one flow's payload, as plain values so that it pickles."""
 
     flow_state: dict[str, Any]  # the flow in the client's form, from `logrow.flow_states`
     client_snapshot: bool  # True when flow_state's request is the snapshot taken on arrival
-    upstream_request: dict[str, Any] | None  # the request state as sent upstream, if it was
+    upstream_request: dict[str, Any] | None  # the request state as sent upstream, None without a backend
     response: dict[str, Any] | None  # the response state as received (no content when streamed)
     streamed: bytes | None  # what the stream tap kept of a streamed response, decoded
     streamed_size: int

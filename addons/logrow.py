@@ -119,7 +119,7 @@ def flow_states(flow: http.HTTPFlow, client_state: dict[str, Any] | None,
     with bench/profiled.py). Credentials in a query string were already redacted when the
     request arrived, before the client snapshot.
     """
-    # get_state() deep-copies the metadata, which holds the client snapshot too; the file
+    # get_state() deep-copies the metadata, which contains the client snapshot too. The file
     # keeps only the record, so only the record is copied.
     metadata = flow.metadata
     flow.metadata = {flowrecord.RECORD_KEY: dict(flowrecord.get(flow) or {})}

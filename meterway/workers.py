@@ -38,8 +38,8 @@ from prometheus_client.registry import Collector
 
 logger = logging.getLogger(__name__)
 
-# A worker that exits this soon after its start twice in a row is failing to start (a port
-# another program holds, a broken install): the supervisor stops instead of looping.
+# A worker that exits this soon after its start twice in a row is failing to start, for
+# example on a port another program uses, so the supervisor stops instead of looping.
 QUICK_EXIT_SECONDS = 5.0
 # How long workers get to drain after SIGTERM before they are killed.
 STOP_GRACE_SECONDS = 60.0
@@ -162,7 +162,8 @@ class Supervisor:
                 logger.warning("worker %d did not stop within %.0f s; killing it", worker.index, STOP_GRACE_SECONDS)
                 worker.process.kill()
                 code = worker.process.wait()
-            status = status or (code if code and code > 0 else 0)
+            if code != 0 and not status:
+                status = code if code > 0 else 1  # a negative code is the signal that killed it
         logger.info("all %d workers stopped%s", self.count, f"; exit status {status}" if status else "")
         return status
 
@@ -206,10 +207,12 @@ class SummedMetrics(Collector):
             try:
                 with urllib.request.urlopen(worker.metrics_url, timeout=SCRAPE_TIMEOUT_SECONDS) as reply:
                     text = reply.read().decode()
-            except (OSError, urllib.error.URLError):
+            except (OSError, urllib.error.URLError) as error:
+                # Usually a worker that is restarting; `meterway_workers_scraped` counts the others.
+                logger.warning("metrics of worker %d not read: %s", worker.index, error)
                 with self._lock:
                     self._samples[worker.index].answered = False
-                continue  # restarting; `meterway_workers_scraped` shows it
+                continue
             growing: dict[SampleKey, float] = {}
             gauges: dict[SampleKey, float] = {}
             created: dict[SampleKey, float] = {}
@@ -244,7 +247,7 @@ class SummedMetrics(Collector):
                     for key, value in part.items():
                         sums[key] = sums.get(key, 0.0) + value
                 for key, value in state.created.items():
-                    # A creation time is not a count: the oldest one stands for the sum.
+                    # A creation time is not a count, so the oldest one is used for the sum.
                     oldest[key] = min(oldest.get(key, value), value)
             families = dict(self._families)
         metrics = {name: Metric(name, documentation, kind) for name, (documentation, kind) in families.items()}

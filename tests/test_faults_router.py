@@ -189,7 +189,7 @@ def test_router_killed_mid_request(stack: Stack) -> None:
     stack.assert_routed()
 
 
-def test_router_slow_to_close_does_not_hold_the_response(stack: Stack) -> None:
+def test_router_close_does_not_delay_response(stack: Stack) -> None:
     stack.start_router()
     stack.assert_routed()
     stack.router.server.linger = 3.0

@@ -1,6 +1,6 @@
 """`meterway run --workers 2`: two gateway processes share the listener port, every request
 gets its row, the metrics endpoint adds both workers up, and the supervisor drains, restarts
-and refuses alert rules."""
+and rejects alert rules."""
 
 from __future__ import annotations
 
