@@ -13,7 +13,6 @@ import json
 import sqlite3
 import threading
 import time
-import urllib.request
 from concurrent import futures
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,9 +23,10 @@ import grpc
 import openai
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.gateway_process import GatewayProcess, free_port
+from tests.promread import scrape as scrape_url
+from tests.promread import total
 from tests.routerthread import ThreadedRouter
 from tests.standins.ollama_api import OllamaStandIn
 from tests.standins.openai_api import OpenAIStandIn
@@ -303,18 +303,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
 
 
 def scrape(stack: Stack) -> dict[str, list]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{stack.stats_port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    samples: dict[str, list] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples.setdefault(sample.name, []).append(sample)
-    return samples
-
-
-def total(samples: dict[str, list], name: str, **labels: str) -> float:
-    return sum(s.value for s in samples.get(name, [])
-               if all(s.labels.get(k) == v for k, v in labels.items()))
+    return scrape_url(f"http://127.0.0.1:{stack.stats_port}/metrics")
 
 
 def test_traffic_reached_the_log(stack: Stack) -> None:

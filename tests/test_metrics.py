@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import socket
-import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from addons.config_load import load_config
 from addons.logrow import ROW_KEYS
 from addons.metrics import Metrics
 from addons.metrics_labels import OTHER, ModelLabels, known_models
 from addons.store import RequestStore
+from tests.promread import scrape as scrape_url
+from tests.promread import total
 
 CONFIG = """\
 config:
@@ -66,18 +66,7 @@ def served(tmp_path: Path):
 
 def scrape(metrics: Metrics) -> dict[str, list]:
     host, port = metrics.address
-    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    samples: dict[str, list] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples.setdefault(sample.name, []).append(sample)
-    return samples
-
-
-def total(samples: dict[str, list], name: str, **labels: str) -> float:
-    return sum(s.value for s in samples.get(name, [])
-               if all(s.labels.get(k) == v for k, v in labels.items()))
+    return scrape_url(f"http://{host}:{port}/metrics")
 
 
 def test_scrape_matches_rows(served: Metrics):

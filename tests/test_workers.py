@@ -15,10 +15,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.gateway_process import BIN, REPO, free_port, stop_process, wait_for_port
 from tests.logdb import wait_for
+from tests.promread import scrape, total
 from tests.standins.openai_api import OpenAIStandIn
 
 CONFIG = """\
@@ -81,12 +81,7 @@ class Supervisor:
 
 
 def requests_counted(url: str) -> float:
-    text = httpx.get(url).text
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        if family.name == "meterway_requests":
-            total += sum(sample.value for sample in family.samples if sample.name == "meterway_requests_total")
-    return total
+    return total(scrape(url), "meterway_requests_total")
 
 
 def post(port: int) -> httpx.Response:

@@ -7,6 +7,7 @@ import gzip
 import json
 import logging
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, ClassVar

@@ -56,6 +56,7 @@ class GeminiStandIn(OpenAIStandIn):
     """
 
     provider: ClassVar[str] = "gemini"
+    usage_details: ClassVar[bool] = False
     path_prefix: ClassVar[str] = "/v1beta/openai"
     stream_usage_style: ClassVar[str] = "gemini"
     serves_responses: ClassVar[bool] = False
@@ -96,17 +97,6 @@ class GeminiStandIn(OpenAIStandIn):
         if self.require_key is not None and key != self.require_key:
             return self.error_response(request, 400, self.error_body(400, "API key not valid. Please pass a valid API key."))
         return None
-
-    def usage_object(self, plan: AnswerPlan) -> dict[str, Any]:
-        usage = {
-            "prompt_tokens": plan.prompt_words,
-            "completion_tokens": plan.completion_words,
-            "total_tokens": plan.prompt_words + plan.completion_words,
-        }
-        merged = deep_merge(usage, plan.usage_patch)
-        if not plan.usage_patch or "total_tokens" not in plan.usage_patch:
-            merged["total_tokens"] = merged["prompt_tokens"] + merged["completion_tokens"]
-        return merged
 
     # -- native API ------------------------------------------------------------------------
 

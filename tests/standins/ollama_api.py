@@ -27,6 +27,7 @@ class OllamaStandIn(OpenAIStandIn):
     """
 
     provider: ClassVar[str] = "ollama"
+    usage_details: ClassVar[bool] = False
     stream_usage_style: ClassVar[str] = "ollama"
     serves_responses: ClassVar[bool] = False
     # Ollama ignores credentials; a gateway may still send one.
@@ -64,17 +65,6 @@ class OllamaStandIn(OpenAIStandIn):
             return None
         message = f'model "{model}" not found, try pulling it first'
         return self.error_response(request, 404, self.error_body_for(request, 404, message))
-
-    def usage_object(self, plan: AnswerPlan) -> dict[str, Any]:
-        usage = {
-            "prompt_tokens": plan.prompt_words,
-            "completion_tokens": plan.completion_words,
-            "total_tokens": plan.prompt_words + plan.completion_words,
-        }
-        merged = deep_merge(usage, plan.usage_patch)
-        if not plan.usage_patch or "total_tokens" not in plan.usage_patch:
-            merged["total_tokens"] = merged["prompt_tokens"] + merged["completion_tokens"]
-        return merged
 
     # -- native API ------------------------------------------------------------------------
 

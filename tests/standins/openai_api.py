@@ -58,6 +58,9 @@ class OpenAIStandIn(StandIn):
     # usage key elsewhere; "gemini" = usage on the finish chunk, always.
     stream_usage_style: ClassVar[str] = "openai"
     serves_responses: ClassVar[bool] = True
+    # Whether chat usage carries `prompt_tokens_details` and `completion_tokens_details`.
+    # The Gemini and Ollama stand-ins turn it off and send only the three counts.
+    usage_details: ClassVar[bool] = True
     default_models: ClassVar[list[str]] = ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small"]
     embedding_dimensions = 16
 
@@ -115,18 +118,19 @@ class OpenAIStandIn(StandIn):
 
     def usage_object(self, plan: AnswerPlan) -> dict[str, Any]:
         """Build the chat `usage` object for `plan`, overrides merged in."""
-        usage = {
+        usage: dict[str, Any] = {
             "prompt_tokens": plan.prompt_words,
             "completion_tokens": plan.completion_words,
             "total_tokens": plan.prompt_words + plan.completion_words,
-            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-            "completion_tokens_details": {
+        }
+        if self.usage_details:
+            usage["prompt_tokens_details"] = {"cached_tokens": 0, "audio_tokens": 0}
+            usage["completion_tokens_details"] = {
                 "reasoning_tokens": 0,
                 "audio_tokens": 0,
                 "accepted_prediction_tokens": 0,
                 "rejected_prediction_tokens": 0,
-            },
-        }
+            }
         return _with_total(usage, plan.usage_patch, "prompt_tokens", "completion_tokens", "total_tokens")
 
     def completion_extras(self) -> dict[str, Any]:
