@@ -190,7 +190,14 @@ class CostLog:
         except RuntimeError:  # called outside the event loop: nothing to keep responsive
             self._release(name)
             return
-        tokens.load_in_thread(name, lambda: loop.call_soon_threadsafe(self._release, name))
+
+        def release_on_loop() -> None:
+            try:
+                loop.call_soon_threadsafe(self._release, name)
+            except RuntimeError:  # the loop closed at shutdown, where done() finished the rows
+                pass
+
+        tokens.load_in_thread(name, release_on_loop)
 
     def _release(self, name: str) -> None:
         for estimate, row, payload in self._waiting.pop(name, []):
