@@ -39,6 +39,55 @@ def warm_up(target: Target, requests: int = 40) -> None:
     run_json([sys.executable, "-m", "bench.client", "plain", "--url", target.url, "--concurrency", "2",
               "--duration", "30", "--max-requests", str(requests)], timeout=60)
     run_json([sys.executable, "-m", "bench.client", "streams", "--url", target.url, "--streams", "2"], timeout=60)
+    if target.log is not None:
+        load_tokenizer(target)
+
+
+# meterway logs this line when a worker has built a tiktoken encoding.
+_TOKENIZER_LOADED = "loaded tiktoken encoding"
+
+
+def load_tokenizer(target: Target, timeout: float = 60.0) -> None:
+    """Make each meterway worker build its tokenizer before the measured cases.
+
+    meterway builds an encoding in a thread the first time a reply lacks usage. In every case
+    the load tool cuts the requests in flight when its time is up, and meterway counts the
+    tokens of those cut requests itself, so without this step the build (about 1.5 s of CPU)
+    would land inside the next measured case. A long-running gateway pays it once.
+    Each request opens a new connection, so the kernel spreads them over all workers.
+    """
+    assert target.log is not None and target.folder is not None
+    deadline = time.monotonic() + timeout
+    sent = 0
+    while time.monotonic() < deadline:
+        if target.log.read_text(errors="replace").count(_TOKENIZER_LOADED) >= target.workers:
+            break
+        if _send_plain(target, "gpt-4o-mini-nousage"):
+            sent += 1
+        time.sleep(0.1)
+    else:
+        raise RuntimeError(f"{target.name} did not load its tokenizer within {timeout:g} s; see {target.log}")
+    # The rows waiting for the encoding are written once it is built: wait for all of them.
+    while time.monotonic() < deadline:
+        if _count_rows(target, "usage_source = 'estimated'") >= sent:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{target.name} logged fewer than {sent} estimated rows within {timeout:g} s")
+
+
+def _send_plain(target: Target, model: str, timeout: float = 60.0) -> bool:
+    """Send one plain chat request on a new connection; return whether it got a 200."""
+    host, port = target.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        conn.request("POST", CHAT_PATH, body=json.dumps(chat_body(model, stream=False)), headers=HEADERS)
+        response = conn.getresponse()
+        response.read()
+        return response.status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
 
 
 def probe_ms(target: Target, timeout: float = 60.0) -> float | None:
@@ -48,19 +97,8 @@ def probe_ms(target: Target, timeout: float = 60.0) -> float | None:
     disconnects. This probe shows how long the proxy then takes to answer again, and waiting
     for it keeps that recovery out of the next case.
     """
-    host, port = target.url.removeprefix("http://").split(":")
-    body = json.dumps(chat_body("gpt-4o-mini", stream=False))
-    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
     began = time.perf_counter()
-    try:
-        conn.request("POST", CHAT_PATH, body=body, headers=HEADERS)
-        response = conn.getresponse()
-        response.read()
-        ok = response.status == 200
-    except OSError:
-        ok = False
-    finally:
-        conn.close()
+    ok = _send_plain(target, "gpt-4o-mini", timeout)
     return (time.perf_counter() - began) * 1000 if ok else None
 
 
@@ -99,16 +137,19 @@ def measure_streams(target: Target, settings: Settings) -> dict[str, dict]:
 
 def logged_rows(target: Target) -> int | None:
     """Count the rows a meterway target wrote to its request log, or None without one."""
-    if target.folder is None:
-        return None
-    database = target.folder / "bench.db"
-    if not database.exists():
-        return None
+    return _count_rows(target) if target.folder is not None and (target.folder / "bench.db").exists() else None
+
+
+def _count_rows(target: Target, where: str = "1") -> int:
+    """Count a meterway target's logged rows that match `where`; 0 before the log exists."""
+    database = target.folder / "bench.db" if target.folder else None
+    if database is None or not database.exists():
+        return 0
     conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
     try:
-        return conn.execute("select count(*) from requests").fetchone()[0]
+        return conn.execute(f"select count(*) from requests where {where}").fetchone()[0]
     except sqlite3.Error:
-        return None
+        return 0
     finally:
         conn.close()
 

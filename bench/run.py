@@ -24,7 +24,7 @@ from bench.load import run_json, run_plain, wrk_path
 from bench.profile_report import summarize
 from bench.settings import Settings
 from bench.targets import (
-    TARGETS, Processes, Target, start_litellm, start_meterway, start_mitmdump, start_router, start_upstream,
+    ROUTER_TARGETS, TARGETS, Processes, Target, start_litellm, start_meterway, start_mitmdump, start_router, start_upstream,
 )
 
 logger = logging.getLogger(__name__)
@@ -73,6 +73,8 @@ def _start_target(name: str, procs: Processes, upstream: str, router: str | None
         return start_meterway(procs, name, upstream, router, workers=2)
     if name in ("mitmdump", "mitmdump-stream"):
         return start_mitmdump(procs, name, upstream, stream=name == "mitmdump-stream")
+    if name == "mitmdump-router":
+        return start_mitmdump(procs, name, upstream, stream=False, router=router)
     return start_litellm(procs, upstream, workers=2 if name == "litellm-2w" else 1)
 
 
@@ -179,7 +181,7 @@ def run_all(settings: Settings) -> dict:
     began = time.monotonic()
     try:
         upstream = start_upstream(procs, settings.chunks, settings.pace_ms, settings.bulk_mb)
-        needs_router = "meterway" in settings.targets or {"memory", "profile"} & set(settings.parts)
+        needs_router = bool(ROUTER_TARGETS & set(settings.targets) or {"memory", "profile"} & set(settings.parts))
         router = start_router(procs) if needs_router else None
         if "load" in settings.parts:
             for name in settings.targets:

@@ -36,9 +36,14 @@ TARGETS = {
     "meterway-2w": "`meterway run --workers 2`: two gateway processes on one port, router and log on",
     "mitmdump": "`mitmdump -q --mode reverse:...` with no script",
     "mitmdump-stream": "plain mitmdump with `--set stream_large_bodies=1` (stream cases only)",
+    "mitmdump-router": "mitmdump with `bench/router_floor.py`, which only asks the ext_proc router: "
+                       "the floor for any mitmproxy gateway that does",
     "litellm": "LiteLLM proxy, one worker, no database, offline cost map",
     "litellm-2w": "LiteLLM proxy with `--num_workers 2`, to compare with `meterway-2w`",
 }
+
+# The targets that ask the ext_proc router, so a run that measures any of them starts it.
+ROUTER_TARGETS = frozenset({"meterway", "meterway-2w", "mitmdump-router"})
 
 
 def free_port() -> int:
@@ -74,6 +79,8 @@ class Target:
     pid: int | None  # the proxy's process id; None for direct calls
     streams_only: bool = False
     folder: Path | None = None  # the run folder with the target's config and database
+    log: Path | None = None  # the process's output
+    workers: int = 1
 
 
 @dataclass
@@ -145,16 +152,21 @@ def start_meterway(procs: Processes, name: str, upstream: str, router: str | Non
         command = [sys.executable, "-m", "bench.profiled", str(profile_to), "run", str(config), "--upstream", mapping]
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     process = procs.start(name, command, port, env=env, cwd=folder)
-    return Target(name, f"http://127.0.0.1:{port}", process.pid, folder=folder)
+    return Target(name, f"http://127.0.0.1:{port}", process.pid, folder=folder, log=procs.folder / f"{name}.log",
+                  workers=workers)
 
 
-def start_mitmdump(procs: Processes, name: str, upstream: str, stream: bool) -> Target:
-    """Start plain mitmdump in reverse mode towards the upstream, with no script."""
+def start_mitmdump(procs: Processes, name: str, upstream: str, stream: bool, router: str | None = None) -> Target:
+    """Start mitmdump in reverse mode towards the upstream: with no script, or with the router floor script."""
     port = free_port()
     command = [str(BIN / "mitmdump"), "-q", "--mode", f"reverse:{upstream}@127.0.0.1:{port}"]
     if stream:
         command += ["--set", "stream_large_bodies=1"]
-    process = procs.start(name, command, port)
+    env = None
+    if router is not None:
+        command += ["-s", str(REPO / "bench" / "router_floor.py")]
+        env = {"BENCH_ROUTER_TARGET": router}
+    process = procs.start(name, command, port, env=env)
     return Target(name, f"http://127.0.0.1:{port}", process.pid, streams_only=stream)
 
 

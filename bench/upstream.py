@@ -7,7 +7,9 @@ body has `"stream": true`. The model name picks the behaviour, because every pro
 test (LiteLLM too) passes the model through while it may drop unknown body fields:
 - a model ending in `-paced` streams with `--pace-ms` between chunks;
 - `bench-bulk` streams about `--bulk-mb` megabytes in 64 KiB events (the memory test);
-- any other model streams `--chunks` chunks as fast as the socket takes them.
+- any other model streams `--chunks` chunks as fast as the socket takes them;
+- a model ending in `-nousage` gets a completion without `usage`, so a gateway must count
+  the tokens itself (the warm-up uses it to load meterway's tokenizer before measuring).
 A final usage chunk follows when the request sets `stream_options.include_usage`.
 """
 
@@ -26,7 +28,7 @@ USAGE = {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21}
 
 def completion_body(model: str) -> bytes:
     """Build the fixed non-streamed chat completion for `model`."""
-    return json.dumps({
+    completion = {
         "id": "chatcmpl-bench",
         "object": "chat.completion",
         "created": int(time.time()),
@@ -34,7 +36,10 @@ def completion_body(model: str) -> bytes:
         "choices": [{"index": 0, "finish_reason": "stop",
                      "message": {"role": "assistant", "content": "The benchmark answer is forty-two."}}],
         "usage": USAGE,
-    }).encode()
+    }
+    if model.endswith("-nousage"):
+        del completion["usage"]
+    return json.dumps(completion).encode()
 
 
 def chunk_event(model: str, text: str, finish: str | None = None) -> bytes:
