@@ -171,6 +171,11 @@ def _cost(usage: Usage, rates: Rates, source: str) -> Cost:
                 price_source=source)
 
 
+def preload_genai_prices() -> None:
+    """Build genai-prices' bundled data now (about 16,000 objects, 20-30 ms) instead of on the first priced flow."""
+    data_snapshot.get_snapshot()
+
+
 @functools.lru_cache(maxsize=1024)
 def _genai_model(provider_id: str, name: str) -> Any | None:
     """Look a model up in genai-prices once per process; None when it has no such model."""

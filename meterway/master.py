@@ -10,6 +10,7 @@ rewriting, the dumper) only costs time per request.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Sequence
@@ -20,6 +21,7 @@ from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, termlog,
 from mitmproxy.proxy import mode_servers
 
 from addons.gateway import make_addons
+from addons.pricing import preload_genai_prices
 from meterway.dispatch import HookDispatcher
 
 logger = logging.getLogger(__name__)
@@ -40,6 +42,27 @@ class GatewayMaster(master.Master):
             errorcheck.ErrorCheck(),
         )
         self.addons.add(*make_addons())
+        # Last, so that its `running` comes after every other addon's start-up work.
+        self.addons.add(FreezeStartupObjects())
+
+
+class FreezeStartupObjects:
+    """Move the objects that exist once the gateway runs out of the garbage collector's reach.
+
+    A started gateway holds about 120,000 long-lived objects (mitmproxy, pydantic models,
+    gRPC, price data) that are never freed. CPython's full collection walks all of them:
+    on the benchmark's 2-core machine each one stopped the event loop for 35-65 ms and
+    set the p99 latency at one connection. After `gc.freeze()` a full collection walks only
+    what was created later, 5-7 ms in the same run. Frozen objects are still freed by
+    reference counting; only cycles among them would stay, and none form at start-up.
+    """
+
+    def running(self) -> None:
+        # Built now rather than by the first priced flow, so the freeze covers it too.
+        preload_genai_prices()
+        gc.collect()
+        gc.freeze()
+        logger.debug("froze %d start-up objects out of the garbage collector", gc.get_freeze_count())
 
 
 def share_listen_ports() -> None:

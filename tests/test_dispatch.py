@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 
 import pytest
@@ -69,3 +70,16 @@ async def test_dispatch_sees_addons_added_later(dispatcher: HookDispatcher) -> N
     dispatcher.add(Later(calls))
     await dispatcher.trigger_event(HttpRequestHook(tflow.tflow()))
     assert calls == ["first", "first", "later"]
+
+
+def test_startup_objects_frozen_when_running() -> None:
+    from meterway.master import FreezeStartupObjects
+
+    before = gc.get_freeze_count()
+    try:
+        FreezeStartupObjects().running()
+        assert gc.get_freeze_count() > before
+        # A full collection now walks only what was made after the freeze.
+        assert len(gc.get_objects(generation=2)) < gc.get_freeze_count() // 10
+    finally:
+        gc.unfreeze()
