@@ -10,7 +10,7 @@ from mitmproxy.io import tnetstring
 from mitmproxy.net.http.url import unparse as unparse_url
 
 from addons import record as flowrecord
-from addons.auth import CREDENTIAL_HEADERS, CREDENTIAL_QUERY, REDACTED
+from addons.auth import CREDENTIAL_HEADER_BYTES, CREDENTIAL_HEADERS, CREDENTIAL_QUERY, REDACTED
 from addons.bodies import body_text, cap_body, decode_body
 from addons.redact import Redactor
 
@@ -99,12 +99,9 @@ def response_json(response: http.Response, body: StoredBody) -> str:
     }, ensure_ascii=False)
 
 
-_CREDENTIAL_NAMES = frozenset(name.encode() for name in CREDENTIAL_HEADERS)
-
-
 def _redacted_header_state(fields: Any) -> tuple[tuple[bytes, bytes], ...]:
     return tuple(
-        (name, REDACTED.encode()) if name.lower() in _CREDENTIAL_NAMES else (name, value)
+        (name, REDACTED.encode()) if name.lower() in CREDENTIAL_HEADER_BYTES else (name, value)
         for name, value in fields
     )
 
