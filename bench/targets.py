@@ -134,17 +134,23 @@ def start_router(procs: Processes) -> str:
 
 
 def start_meterway(procs: Processes, name: str, upstream: str, router: str | None,
-                   profile_to: Path | None = None, workers: int = 1) -> Target:
-    """Start `meterway run` on a copy of a bench config in its own folder."""
+                   profile_to: Path | None = None, workers: int = 1, source: Path | None = None) -> Target:
+    """Start `meterway run` on a copy of a bench config in its own folder.
+
+    `source` is another checkout of meterway (a git worktree) to run instead of the installed one.
+    """
     folder = procs.folder / name
     folder.mkdir(parents=True, exist_ok=True)
-    source = CONFIGS / ("meterway-router.yaml" if router else "meterway-norouter.yaml")
-    config = folder / source.name
-    shutil.copyfile(source, config)
+    template = CONFIGS / ("meterway-router.yaml" if router else "meterway-norouter.yaml")
+    config = folder / template.name
+    shutil.copyfile(template, config)
     port = free_port()
     env = {"BENCH_GATEWAY_PORT": str(port), "BENCH_ROUTER_TARGET": router or "", "OPENAI_API_KEY": BENCH_OPENAI_KEY}
     mapping = f"api.openai.com:443={upstream}"
-    if profile_to is None:
+    if source is not None:
+        command = [sys.executable, "-m", "meterway", "run", str(config), "--upstream", mapping]
+        env["PYTHONPATH"] = str(source)
+    elif profile_to is None:
         command = [str(BIN / "meterway"), "run", str(config), "--upstream", mapping]
         if workers > 1:
             command += ["--workers", str(workers)]
