@@ -31,10 +31,13 @@ logger = logging.getLogger(__name__)
 
 def add_worktree(revision: str, parent: Path) -> tuple[str, Path]:
     """Check `revision` out into a new worktree under `parent`; return its short hash and path."""
-    short = subprocess.run(["git", "rev-parse", "--short", revision], cwd=REPO, check=True,
-                           capture_output=True, text=True).stdout.strip()
+    found = subprocess.run(["git", "rev-parse", "--verify", "--quiet", "--short", f"{revision}^{{commit}}"],
+                           cwd=REPO, capture_output=True, text=True)
+    if found.returncode != 0:
+        raise SystemExit(f"unknown git revision {revision!r}; give a commit, branch or tag of {REPO}")
+    short = found.stdout.strip()
     path = parent / short
-    subprocess.run(["git", "worktree", "add", "--detach", str(path), revision], cwd=REPO, check=True,
+    subprocess.run(["git", "worktree", "add", "--detach", str(path), short], cwd=REPO, check=True,
                    capture_output=True)
     return short, path
 
@@ -65,15 +68,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     folder = Path(tempfile.mkdtemp(prefix="meterway-versions-"))
-    trees = [add_worktree(revision, folder / "trees") for revision in args.revisions]
+    trees: list[tuple[str, Path]] = []
     procs = Processes(folder)
     results: dict[str, list[dict]] = {}
     try:
+        for revision in args.revisions:
+            trees.append(add_worktree(revision, folder / "trees"))
         upstream = start_upstream(procs, chunks=120, pace_ms=10.0, bulk_mb=1)
         router = start_router(procs)
         for round_number in range(1, args.rounds + 1):
-            runs: list[tuple[str, object]] = [(short, path) for short, path in trees]
-            runs += [("mitmdump", None), ("mitmdump-router", None)]
+            runs: list[tuple[str, Path | None]] = [*trees, ("mitmdump", None), ("mitmdump-router", None)]
             for label, path in runs:
                 name = f"{label}-r{round_number}"
                 if label == "mitmdump":
