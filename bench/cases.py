@@ -50,10 +50,10 @@ _TOKENIZER_LOADED = "loaded tiktoken encoding"
 def load_tokenizer(target: Target, timeout: float = 60.0) -> None:
     """Make each meterway worker build its tokenizer before the measured cases.
 
-    meterway builds an encoding in a thread the first time a reply lacks usage. In every case
-    the load tool cuts the requests in flight when its time is up, and meterway counts the
-    tokens of those cut requests itself, so without this step the build (about 1.5 s of CPU)
-    would land inside the next measured case. A long-running gateway pays it once.
+    meterway builds an encoding in a thread the first time a reply lacks usage. At the end of
+    every case the load tool cuts the requests in flight, and meterway counts their tokens
+    itself. Without this step the build (about 1.5 s of CPU) would land inside the next
+    measured case; a long-running gateway pays it once.
     Each request opens a new connection, so the kernel spreads them over all workers.
     """
     assert target.log is not None and target.folder is not None

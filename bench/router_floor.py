@@ -1,4 +1,4 @@
-"""A mitmdump script that only asks the ext_proc router, as a floor for the router's cost.
+"""A mitmdump script that only calls the ext_proc router, as a floor for the router's cost.
 
     BENCH_ROUTER_TARGET=127.0.0.1:PORT mitmdump -q -s bench/router_floor.py --mode reverse:...
 

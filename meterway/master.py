@@ -49,12 +49,14 @@ class GatewayMaster(master.Master):
 class FreezeStartupObjects:
     """Move the objects that exist once the gateway runs out of the garbage collector's reach.
 
-    A started gateway holds about 120,000 long-lived objects (mitmproxy, pydantic models,
-    gRPC, price data) that are never freed. CPython's full collection walks all of them:
+    A started gateway has about 120,000 objects (mitmproxy, pydantic models, gRPC, price
+    data), most of which live until exit. CPython's full collection walks all of them:
     on the benchmark's 2-core machine each one stopped the event loop for 35-65 ms and
     set the p99 latency at one connection. After `gc.freeze()` a full collection walks only
-    what was created later, 5-7 ms in the same run. Frozen objects are still freed by
-    reference counting; only cycles among them would stay, and none form at start-up.
+    what was created later, 5-7 ms in the same run. Frozen objects that are dropped later are
+    still freed by reference counting.
+    NOTE: a reference cycle among frozen objects is never collected, so a part of the start-up
+    config that a reload replaces stays in memory if it sits in such a cycle.
     """
 
     def running(self) -> None:
