@@ -88,6 +88,28 @@ def share_listen_ports() -> None:
     mode_servers.AsyncioServerInstance.listen = listen  # type: ignore[method-assign]
 
 
+class _WorkerTag(logging.Filter):
+    def __init__(self, tag: str) -> None:
+        super().__init__()
+        self.tag = tag
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, "meterway_tagged", False):
+            record.msg = f"{self.tag} {record.msg}"
+            record.meterway_tagged = True
+        return True
+
+
+def tag_log_lines(tag: str) -> None:
+    """Start every log line of this process with `tag`, so that lines in the workers' shared output name their worker.
+
+    The filter sits on the root logger's handlers (mitmproxy's terminal log among them),
+    because a filter on a logger sees only records logged on that logger itself.
+    """
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_WorkerTag(tag))
+
+
 def first_modes(config_path: Path, listen_host: str | None) -> list[str]:
     """Compute the listener modes from the config before the master starts.
 
@@ -112,10 +134,13 @@ async def serve(config_path: Path, *, upstreams: Sequence[str] = (), listen_host
     `extra_options` may set `meterway_worker` (K/N), which makes the listeners share their
     ports with the other workers.
     """
-    if (extra_options or {}).get("meterway_worker"):
+    worker = (extra_options or {}).get("meterway_worker")
+    if worker:
         share_listen_ports()
     opts = options.Options()
     gateway_master = GatewayMaster(opts)
+    if worker:
+        tag_log_lines(f"[worker {worker.split('/')[0]}]")
     settings = {
         "mode": first_modes(config_path, listen_host),
         "connection_strategy": "lazy",

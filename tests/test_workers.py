@@ -120,6 +120,9 @@ def test_workers_share_port_without_losing_rows(tmp_path: Path, upstream: OpenAI
     finally:
         status = stop_process(supervisor.process, signal.SIGTERM, 40)
     assert status == 0, supervisor.log()
+    # Each worker's lines in the shared output name the worker.
+    assert "[worker 0] reverse proxy" in supervisor.log()
+    assert "[worker 1] reverse proxy" in supervisor.log()
     conn = sqlite3.connect(supervisor.db)
     assert conn.execute("select count(*) from requests").fetchone() == (sent,)
     assert conn.execute("pragma integrity_check").fetchone() == ("ok",)
