@@ -89,6 +89,7 @@ class Supervisor:
     worker_args: Sequence[str]
     workers: list[Worker] = field(default_factory=list)
     stopping: threading.Event = field(default_factory=threading.Event)
+    stop_signal: int = signal.SIGTERM  # the signal stop() sent to the workers
 
     def __post_init__(self) -> None:
         ports = free_ports(2 * self.count)
@@ -114,6 +115,7 @@ class Supervisor:
         if not self.stopping.is_set():
             logger.info("stopping %d workers: each drains its requests in flight", self.count)
         self.stopping.set()
+        self.stop_signal = signum
         for worker in self.workers:
             if worker.process is not None and worker.process.poll() is None:
                 worker.process.send_signal(signum)
@@ -162,6 +164,10 @@ class Supervisor:
                 logger.warning("worker %d did not stop within %.0f s; killing it", worker.index, STOP_GRACE_SECONDS)
                 worker.process.kill()
                 code = worker.process.wait()
+            if code == -self.stop_signal and self.stopping.is_set():
+                # A serving worker handles the stop signal and exits by itself, so dying of it
+                # means the worker was still starting, with nothing in flight: a clean stop.
+                code = 0
             if code != 0 and not status:
                 status = code if code > 0 else 1  # a negative code is the signal that killed it
         logger.info("all %d workers stopped%s", self.count, f"; exit status {status}" if status else "")
@@ -278,9 +284,16 @@ def serve_metrics(workers: Sequence[Worker], host: str, port: int, stop: threadi
     return server
 
 
-def readiness(workers: Sequence[Worker]) -> list[str]:
-    """Return what is not ready, worker by worker; empty when every worker is ready."""
-    problems = []
+def readiness(workers: Sequence[Worker]) -> tuple[list[str], list[str]]:
+    """Return what keeps the gateway from being ready, and which workers are not answering.
+
+    A worker that answers with problems makes the gateway not ready, because it still takes
+    its share of connections. A worker that does not answer (it is starting or restarting)
+    has no listener either, so the kernel sends its connections to the others: the gateway
+    stays ready while at least one worker is.
+    """
+    problems: list[str] = []
+    down: list[str] = []
     for worker in workers:
         try:
             with urllib.request.urlopen(worker.ready_url, timeout=SCRAPE_TIMEOUT_SECONDS):
@@ -292,8 +305,10 @@ def readiness(workers: Sequence[Worker]) -> list[str]:
                 found = [f"answered {error.code}"]
             problems += [f"worker {worker.index}: {problem}" for problem in found]
         except OSError as error:
-            problems.append(f"worker {worker.index} is not answering its readiness probe ({error})")
-    return problems
+            down.append(f"worker {worker.index} is not answering its readiness probe ({error})")
+    if len(down) == len(workers):
+        problems += down
+    return problems, down
 
 
 def serve_readiness(workers: Sequence[Worker], host: str, port: int) -> ThreadingHTTPServer:
@@ -304,8 +319,9 @@ def serve_readiness(workers: Sequence[Worker], host: str, port: int) -> Threadin
             if self.path.split("?", 1)[0] != "/healthz/ready":
                 status, body = 404, {"error": "not found; the readiness probe is GET /healthz/ready"}
             else:
-                problems = readiness(workers)
-                status, body = (503 if problems else 200), {"ready": not problems, "problems": problems}
+                problems, down = readiness(workers)
+                status = 503 if problems else 200
+                body = {"ready": not problems, "problems": problems, "workers_down": down}
             payload = json.dumps(body).encode()
             self.send_response(status)
             self.send_header("content-type", "application/json")

@@ -71,6 +71,17 @@ class Supervisor:
             time.sleep(0.2)
         raise TimeoutError(f"the workers were not ready within {timeout} s:\n{self.log()}")
 
+    def wait_all_up(self, timeout: float = 40.0) -> None:
+        """Wait until the readiness probe reaches every worker."""
+        wait_for_port(self.ready, timeout, self.process)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            probe = httpx.get(f"http://127.0.0.1:{self.ready}/healthz/ready")
+            if probe.status_code == 200 and not probe.json()["workers_down"]:
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"not every worker answered within {timeout} s:\n{self.log()}")
+
     def worker_ports(self) -> list[int]:
         """Return each worker's private metrics port, from the supervisor's log."""
         found = dict(re.findall(r"worker (\d+) \(pid \d+\): metrics on 127\.0\.0\.1:(\d+)", self.log()))
@@ -142,12 +153,18 @@ def test_workers_restart_a_killed_one(tmp_path: Path, upstream: OpenAIStandIn) -
 
         first = supervisor.pids()
         subprocess.run(["kill", "-KILL", str(first[0])], check=True)
+        while Path(f"/proc/{first[0]}").exists() and "zombie" not in Path(f"/proc/{first[0]}/status").read_text():
+            time.sleep(0.01)
+        # Worker 1 still serves, so the gateway stays ready while worker 0 is down.
+        probe = httpx.get(f"http://127.0.0.1:{supervisor.ready}/healthz/ready")
+        assert probe.status_code == 200, probe.text
+        assert probe.json()["workers_down"][0].startswith("worker 0 is not answering")
         deadline = time.monotonic() + 30
         while len(supervisor.pids()) < 3 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert len(supervisor.pids()) == 3, supervisor.log()
         assert "worker 0 exited with status -9" in supervisor.log()
-        supervisor.wait_ready()
+        supervisor.wait_all_up()
         for _ in range(10):
             assert post(supervisor.port).status_code == 200
         wait_for(supervisor.db, "select id from requests", count=20)
@@ -155,6 +172,22 @@ def test_workers_restart_a_killed_one(tmp_path: Path, upstream: OpenAIStandIn) -
         assert requests_counted(summed) == 20
     finally:
         assert stop_process(supervisor.process, signal.SIGTERM, 40) == 0
+
+
+def test_workers_stop_during_restart(tmp_path: Path, upstream: OpenAIStandIn) -> None:
+    supervisor = Supervisor(tmp_path, upstream.port)
+    try:
+        supervisor.wait_all_up()
+        subprocess.run(["kill", "-KILL", str(supervisor.pids()[0])], check=True)
+        deadline = time.monotonic() + 30
+        while len(supervisor.pids()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(supervisor.pids()) == 3, supervisor.log()
+    finally:
+        # The new worker 0 is still importing when the stop reaches it: a clean stop all the same.
+        status = stop_process(supervisor.process, signal.SIGTERM, 40)
+    assert status == 0, supervisor.log()
+    assert "exit status" not in supervisor.log()
 
 
 def test_workers_refuse_alert_rules(tmp_path: Path) -> None:
