@@ -39,7 +39,7 @@ def warm_up(target: Target, requests: int = 40) -> None:
     run_json([sys.executable, "-m", "bench.client", "plain", "--url", target.url, "--concurrency", "2",
               "--duration", "30", "--max-requests", str(requests)], timeout=60)
     run_json([sys.executable, "-m", "bench.client", "streams", "--url", target.url, "--streams", "2"], timeout=60)
-    if target.log is not None:
+    if target.is_meterway:
         load_tokenizer(target)
 
 

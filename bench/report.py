@@ -44,8 +44,8 @@ def plain_table(results: dict) -> list[str]:
             direct = _get(results, "direct", "plain", case)
             litellm = _get(results, _litellm_peer(name), "plain", case)
             mitm = _get(results, "mitmdump", "plain", case) if name.startswith("meterway") else None
-            # Only meterway with its router is compared with the floor of asking a router.
-            floor = _get(results, "mitmdump-router", "plain", case) if name in ("meterway", "meterway-2w") else None
+            # Only one meterway process with its router is compared with the one-process floor.
+            floor = _get(results, "mitmdump-router", "plain", case) if name == "meterway" else None
             rows.append([name, case, _num(r["rps"], 0), _num(r["p50_ms"], 2), _num(r["p99_ms"], 2), str(r["errors"]),
                          _num(r.get("probe_after_ms"), 0),
                          _num(r.get("cpu_ms_per_request"), 2), _num(r.get("rss_peak_mib"), 0),

@@ -2,17 +2,22 @@
 
     BENCH_ROUTER_TARGET=127.0.0.1:PORT mitmdump -q -s bench/router_floor.py --mode reverse:...
 
-For each request it opens one `ExternalProcessor.Process` stream on grpc.aio, sends the
-request headers, waits for their reply, sends the buffered body, waits for that reply and
-copies the headers the router sets onto the request. The stream is closed in a background
-task, as meterway does. It routes, logs and counts nothing, so no mitmproxy gateway that
-asks a router over ext_proc with this client can be cheaper per request; the benchmark
-compares meterway with it in the same run. Only the benchmark uses this script.
+For each request it opens one `ExternalProcessor.Process` stream on grpc.aio and sends the
+request headers. After their reply it sends the buffered body, waits for that reply and
+copies the headers it sets onto the request (the stand-in router sets its routing header
+there). The stream is closed in a background task, as meterway does. These
+are the benchmark config's processing modes (request headers sent, body buffered). It
+routes, logs and prices nothing, so a gateway in mitmdump that makes the same call with this
+client cannot be cheaper per request; the benchmark compares meterway with it in the same
+run. A failed call is logged as an error, and the benchmark marks the target failed when
+its log has one, because a floor that does not reach the router would measure nothing.
+Only the benchmark uses this script.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 
 import grpc
@@ -20,6 +25,10 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from mitmproxy import http
+
+
+# The benchmark looks for this text in the script's output.
+ROUTER_CALL_FAILED = "router floor: the ext_proc call failed"
 
 
 class RouterFloor:
@@ -56,8 +65,9 @@ class RouterFloor:
                 if reply is not grpc.aio.EOF:
                     for option in reply.request_body.response.header_mutation.set_headers:
                         request.headers[option.header.key] = option.header.raw_value.decode()
-        except grpc.aio.AioRpcError:
-            pass  # fail open, as the benchmark's meterway config does
+        except grpc.aio.AioRpcError as error:
+            # Fail open, as the benchmark's meterway config does, but leave a line for the benchmark.
+            logging.error("%s: %s", ROUTER_CALL_FAILED, error.code().name)
         outbox.put_nowait(None)
         task = asyncio.get_running_loop().create_task(self._drain(call))
         self.closing.add(task)

@@ -22,6 +22,7 @@ from bench.litellm_env import VENV as LITELLM_VENV
 from bench.litellm_env import LiteLLMUnavailable
 from bench.load import run_json, run_plain, wrk_path
 from bench.profile_report import summarize
+from bench.router_floor import ROUTER_CALL_FAILED
 from bench.settings import Settings
 from bench.targets import (
     ROUTER_TARGETS, TARGETS, Processes, Target, start_litellm, start_meterway, start_mitmdump, start_router, start_upstream,
@@ -103,6 +104,10 @@ def measure_target(name: str, procs: Processes, upstream: str, router: str | Non
         process = next((p for n, p in procs.running if p.pid == target.pid), None)
         if process is not None:
             procs.stop(process)
+    if name == "mitmdump-router" and target.log is not None:
+        failures = target.log.read_text(errors="replace").count(ROUTER_CALL_FAILED)
+        if failures:
+            entry["status"] = f"failed: {failures} router calls failed, so this is no floor; see {target.log}"
     if name.startswith("meterway"):
         entry["logged_rows"] = cases.logged_rows(target)
         entry["router_outcomes"] = cases.router_outcomes(target)

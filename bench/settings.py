@@ -34,9 +34,12 @@ class Settings:
 
 def parse_args(argv: list[str] | None = None) -> Settings:
     """Turn the command line into Settings, starting from the preset it names."""
+    targets = "\n".join(f"  {name}: {description}" for name, description in TARGETS.items())
     parser = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Benchmark meterway against direct calls, plain mitmdump and LiteLLM proxy on 127.0.0.1.")
+        description="Benchmark meterway against direct calls, plain mitmdump, mitmdump that only calls the "
+                    "ext_proc router (the router floor) and LiteLLM proxy, all on 127.0.0.1.",
+        epilog=f"targets:\n{targets}", formatter_class=argparse.RawDescriptionHelpFormatter)
     preset = parser.add_mutually_exclusive_group()
     preset.add_argument("--quick", action="store_true", help="Shorter cases, 20 streams only, a 20 MB memory test.")
     preset.add_argument("--smoke", action="store_true",

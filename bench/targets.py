@@ -81,6 +81,7 @@ class Target:
     folder: Path | None = None  # the run folder with the target's config and database
     log: Path | None = None  # the process's output
     workers: int = 1
+    is_meterway: bool = False
 
 
 @dataclass
@@ -159,7 +160,7 @@ def start_meterway(procs: Processes, name: str, upstream: str, router: str | Non
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     process = procs.start(name, command, port, env=env, cwd=folder)
     return Target(name, f"http://127.0.0.1:{port}", process.pid, folder=folder, log=procs.folder / f"{name}.log",
-                  workers=workers)
+                  workers=workers, is_meterway=True)
 
 
 def start_mitmdump(procs: Processes, name: str, upstream: str, stream: bool, router: str | None = None) -> Target:
@@ -173,7 +174,7 @@ def start_mitmdump(procs: Processes, name: str, upstream: str, stream: bool, rou
         command += ["-s", str(REPO / "bench" / "router_floor.py")]
         env = {"BENCH_ROUTER_TARGET": router}
     process = procs.start(name, command, port, env=env)
-    return Target(name, f"http://127.0.0.1:{port}", process.pid, streams_only=stream)
+    return Target(name, f"http://127.0.0.1:{port}", process.pid, streams_only=stream, log=procs.folder / f"{name}.log")
 
 
 def litellm_config(upstream: str) -> str:
