@@ -358,6 +358,12 @@ def test_metrics_match_request_rows(stack: Stack) -> None:
 
     for outcome, count in stack.query("select router_outcome, count(*) from requests group by router_outcome"):
         assert total(samples, "meterway_router_calls_total", outcome=outcome) == count, outcome
+    # The writer process reports what it wrote after the rows are in the file, so this count
+    # may trail the rows a test can already read.
+    deadline = time.monotonic() + 10
+    while total(samples, "meterway_log_rows_written_total") < len(stack.sent) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        samples = scrape(stack)
     assert total(samples, "meterway_log_rows_written_total") == len(stack.sent)
 
 
