@@ -160,7 +160,9 @@ class RouterCalls:
             if decision.error:
                 rec["router_error"] = decision.error
         if decision.error:
-            logger.warning("flow %s: %s-level router %s: %s", flow.id, level, decision.outcome, decision.error)
+            # The client logs failures at warning level, at most one line per 10 s with a count,
+            # so a router outage does not write one line per request.
+            logger.debug("flow %s: %s-level router %s: %s", flow.id, level, decision.outcome, decision.error)
 
         if decision.immediate is not None:
             imm = decision.immediate

@@ -32,6 +32,8 @@ from addons.retention import RetentionPolicy
 from addons.store import RequestStore, StoreError, StoreStats, open_for_writing
 
 log = logging.getLogger(__name__)
+# The environment variable that carries a worker's log tag, such as `[worker 1]`, to this child.
+LOG_TAG_VARIABLE = "METERWAY_LOG_TAG"
 
 # Shared counters the child keeps current: rows written, dropped and failed in the child.
 _WRITTEN, _DROPPED, _FAILED = range(3)
@@ -262,7 +264,10 @@ def _child_main(conn: Connection, path: str, retention: RetentionPolicy, secrets
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # Warnings only: the gateway already logs the writer's start and stop with its counts.
-    logging.basicConfig(level=logging.WARNING, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
+    # A worker of `meterway run --workers` sets its tag in the environment the child inherits.
+    tag = os.environ.get(LOG_TAG_VARIABLE, "")
+    logging.basicConfig(level=logging.WARNING, format=f"[%(asctime)s] {tag + ' ' if tag else ''}%(message)s",
+                        datefmt="%H:%M:%S")
     store = RequestStore(Path(path), retention=retention)
     store.start()
     redactor = Redactor(secrets)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from mitmproxy.proxy import mode_servers
 
 from addons.gateway import make_addons
 from addons.pricing import preload_genai_prices
+from addons.store_process import LOG_TAG_VARIABLE
 from meterway.dispatch import HookDispatcher
 
 logger = logging.getLogger(__name__)
@@ -108,6 +110,8 @@ def tag_log_lines(tag: str) -> None:
     """
     for handler in logging.getLogger().handlers:
         handler.addFilter(_WorkerTag(tag))
+    # The request log's writer process is spawned later and reads its tag from here.
+    os.environ[LOG_TAG_VARIABLE] = tag
 
 
 def first_modes(config_path: Path, listen_host: str | None) -> list[str]:

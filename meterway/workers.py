@@ -70,6 +70,7 @@ class Worker:
     started_at: float = 0.0
     quick_exits: int = 0
     incarnation: int = 0  # how many times it was started
+    ready_incarnation: int = 0  # the incarnation the readiness probe last found ready
 
     @property
     def metrics_url(self) -> str:
@@ -284,28 +285,41 @@ def serve_metrics(workers: Sequence[Worker], host: str, port: int, stop: threadi
     return server
 
 
+# How long a started worker that is not ready yet counts as starting rather than as failing.
+STARTING_GRACE_SECONDS = 30.0
+
+
 def readiness(workers: Sequence[Worker]) -> tuple[list[str], list[str]]:
     """Return what keeps the gateway from being ready, and which workers are not answering.
 
     A worker that answers with problems makes the gateway not ready, because it still takes
     its share of connections. A worker that does not answer (it is starting or restarting)
     has no listener either, so the kernel sends its connections to the others: the gateway
-    stays ready while at least one worker is.
+    stays ready while at least one worker is. A worker that was restarted and has not been
+    ready since (its router channel still connecting, say) counts as starting too, for up to
+    STARTING_GRACE_SECONDS.
     """
     problems: list[str] = []
     down: list[str] = []
     for worker in workers:
         try:
             with urllib.request.urlopen(worker.ready_url, timeout=SCRAPE_TIMEOUT_SECONDS):
+                worker.ready_incarnation = worker.incarnation
                 continue
         except urllib.error.HTTPError as error:
             try:
                 found = json.loads(error.read()).get("problems") or [f"answered {error.code}"]
             except ValueError:
                 found = [f"answered {error.code}"]
-            problems += [f"worker {worker.index}: {problem}" for problem in found]
+            starting = (worker.ready_incarnation != worker.incarnation
+                        and time.monotonic() - worker.started_at < STARTING_GRACE_SECONDS)
+            if starting:
+                down.append(f"worker {worker.index} is starting: {'; '.join(found)}")
+            else:
+                problems += [f"worker {worker.index}: {problem}" for problem in found]
         except OSError as error:
-            down.append(f"worker {worker.index} is not answering its readiness probe ({error})")
+            reason = getattr(error, "reason", error)
+            down.append(f"worker {worker.index} is not answering its readiness probe: {reason}")
     if len(down) == len(workers):
         problems += down
     return problems, down

@@ -4,13 +4,16 @@ and rejects alert rules."""
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -165,6 +168,8 @@ def test_workers_restart_a_killed_one(tmp_path: Path, upstream: OpenAIStandIn) -
         assert len(supervisor.pids()) == 3, supervisor.log()
         assert "worker 0 exited with status -9" in supervisor.log()
         supervisor.wait_all_up()
+        # The killed worker's log writer process names its worker too.
+        assert "[worker 0] request log writer process: the gateway is gone" in supervisor.log()
         for _ in range(10):
             assert post(supervisor.port).status_code == 200
         wait_for(supervisor.db, "select id from requests", count=20)
@@ -199,3 +204,61 @@ def test_workers_refuse_alert_rules(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "meterway.alerts" in done.stderr
     assert "without --workers" in done.stderr
+
+
+class _ProbeHandler(BaseHTTPRequestHandler):
+    """A worker's readiness endpoint that replies with the server's `answer` (status, JSON)."""
+
+    def do_GET(self) -> None:  # noqa: N802 (the name http.server calls)
+        status, body = self.server.answer  # type: ignore[attr-defined]
+        payload = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("content-length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def probe_server() -> Iterator[ThreadingHTTPServer]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ProbeHandler)
+    server.answer = (503, {"ready": False, "problems": ["semantic router channel is idle, not connected"]})
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_readiness_of_starting_worker(probe_server: ThreadingHTTPServer) -> None:
+    from meterway.workers import Worker, readiness
+
+    ready_server = ThreadingHTTPServer(("127.0.0.1", 0), _ProbeHandler)
+    ready_server.answer = (200, {"ready": True, "problems": []})
+    threading.Thread(target=ready_server.serve_forever, daemon=True).start()
+    try:
+        serving = Worker(0, 0, ready_server.server_port, started_at=time.monotonic() - 60, incarnation=1)
+        restarted = Worker(1, 0, probe_server.server_port, started_at=time.monotonic(), incarnation=2,
+                           ready_incarnation=1)
+
+        # Restarted and not ready yet: starting, and the other worker keeps the gateway ready.
+        problems, down = readiness([serving, restarted])
+        assert problems == []
+        assert down == ["worker 1 is starting: semantic router channel is idle, not connected"]
+
+        # Once it has been ready, the same answer is a problem of the whole gateway.
+        probe_server.answer = (200, {"ready": True, "problems": []})
+        assert readiness([serving, restarted]) == ([], [])
+        probe_server.answer = (503, {"ready": False, "problems": ["request log is not writable"]})
+        problems, down = readiness([serving, restarted])
+        assert problems == ["worker 1: request log is not writable"]
+        assert down == []
+
+        # A worker that stays unready past the grace period is failing, not starting.
+        late = Worker(2, 0, probe_server.server_port, started_at=time.monotonic() - 120, incarnation=1)
+        problems, _ = readiness([serving, late])
+        assert problems == ["worker 2: request log is not writable"]
+    finally:
+        ready_server.shutdown()
+        ready_server.server_close()
