@@ -158,8 +158,10 @@ async def serve(config_path: Path, *, upstreams: Sequence[str] = (), listen_host
     opts.update(**settings)
 
     # The terminal log shows info and above, but only what reaches it: without this the root
-    # logger's default (warning) would hide the gateway's starts, stops and reloads.
-    logging.getLogger().setLevel(logging.DEBUG)
+    # logger's default (warning) would hide the gateway's starts, stops and reloads. INFO and
+    # not DEBUG, because at DEBUG every `logger.debug` call on the request path builds a record
+    # (caller lookup included) that the terminal log then drops.
+    logging.getLogger().setLevel(logging.INFO)
     for noisy in ("asyncio", "hpack", "grpc"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # One line per client connection drowns the gateway's own messages.
