@@ -18,6 +18,7 @@ logger = logging.getLogger(__name__)
 _CR = 0x0D
 _LF = 0x0A
 _BOM = "\ufeff"
+_NOT_PARSED = object()
 
 
 @dataclass(frozen=True)
@@ -36,13 +37,23 @@ class SSEEvent:
     raw: bytes
 
     def json(self) -> Any | None:
-        """Parse `data` as JSON; return None when it is empty or not JSON (such as `[DONE]`)."""
-        if not self.data or self.data == "[DONE]":
-            return None
-        try:
-            return json.loads(self.data)
-        except ValueError:
-            return None
+        """Parse `data` as JSON; return None when it is empty or not JSON (such as `[DONE]`).
+
+        The result is parsed once and shared by every caller (usage reading and the usage
+        filter both look at each event), so callers must not change it.
+        """
+        cached = self.__dict__.get("_parsed", _NOT_PARSED)
+        if cached is not _NOT_PARSED:
+            return cached
+        parsed = None
+        if self.data and self.data != "[DONE]":
+            try:
+                parsed = json.loads(self.data)
+            except ValueError:
+                parsed = None
+        # The dataclass is frozen; the cache is not one of its fields, so it is set directly.
+        self.__dict__["_parsed"] = parsed
+        return parsed
 
 
 class SSEParser:
@@ -189,11 +200,11 @@ class UsageEventFilter:
 
     def filter(self, chunk: bytes) -> bytes:
         """Return the bytes of `chunk` (and held bytes) that the client should receive now."""
-        return self._pass(self._parser.feed(chunk))
+        return self.pass_events(self._parser.feed(chunk))
 
     def finish(self) -> bytes:
         """Return the held bytes at the end of the stream."""
-        return self._pass(self._parser.close())
+        return self.pass_events(self._parser.close())
 
     @property
     def removed_events(self) -> list[SSEEvent]:
@@ -207,7 +218,8 @@ class UsageEventFilter:
             return None
         return usage_only_payload(self._removed[-1])
 
-    def _pass(self, events: list[SSEEvent]) -> bytes:
+    def pass_events(self, events: list[SSEEvent]) -> bytes:
+        """Return the bytes of `events` minus the usage-only ones, for a caller that parses the stream itself."""
         out = bytearray()
         for event in events:
             if usage_only_payload(event) is not None:

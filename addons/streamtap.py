@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from addons.sse import SSEParser, UsageEventFilter
+from addons.sse import SSEEvent, SSEParser, UsageEventFilter
 
 
 class StreamTap:
@@ -53,30 +53,37 @@ class StreamTap:
         if self.first_byte_at is None:
             self.first_byte_at = time.time()
         self.total_bytes += len(chunk)
-        self._account(chunk)
+        events = self._account(chunk)
         for observe in self.observers:
             observe(chunk, False)
         if self.transform is not None:
             out = self.transform.feed(chunk)
         elif self.filter is not None:
-            out = self.filter.filter(chunk)
+            # The events parsed for usage are the ones filtered: one parse per chunk.
+            out = self.filter.pass_events(events)
         else:
             out = chunk
         self._keep(out)
         return [out] if out else []
 
-    def _account(self, chunk: bytes) -> None:
-        if self.tracker is None:
-            return
-        if self.parser is not None:
-            for event in self.parser.feed(chunk):
-                self.tracker.feed_event(event)
-        elif self.kind == "ndjson":
+    def _parses_events(self) -> bool:
+        return self.parser is not None and (self.tracker is not None or self.filter is not None)
+
+    def _account(self, chunk: bytes) -> list[SSEEvent]:
+        """Read usage from the chunk's complete events; return those events (SSE only, else [])."""
+        if self._parses_events():
+            events = self.parser.feed(chunk)
+            if self.tracker is not None:
+                for event in events:
+                    self.tracker.feed_event(event)
+            return events
+        if self.tracker is not None and self.kind == "ndjson":
             lines = (self._line_buffer + chunk).split(b"\n")
             self._line_buffer = lines.pop()
             for line in lines:
                 if line.strip():
                     self.tracker.feed_ndjson_line(line)
+        return []
 
     def _end(self) -> bytes:
         if self.ended:
@@ -84,16 +91,16 @@ class StreamTap:
         self.ended = True
         for observe in self.observers:
             observe(b"", True)
+        events = self.parser.close() if self._parses_events() else []
         if self.tracker is not None:
-            if self.parser is not None:
-                for event in self.parser.close():
-                    self.tracker.feed_event(event)
-            elif self.kind == "ndjson" and self._line_buffer.strip():
+            for event in events:
+                self.tracker.feed_event(event)
+            if self.kind == "ndjson" and self._line_buffer.strip():
                 self.tracker.feed_ndjson_line(self._line_buffer)
         if self.transform is not None:
             rest = self.transform.finish()
         elif self.filter is not None:
-            rest = self.filter.finish()
+            rest = self.filter.pass_events(events)
         else:
             rest = b""
         self._keep(rest)

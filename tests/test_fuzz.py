@@ -20,6 +20,7 @@ from addons.anthropic_translate import MessagesStreamToChat
 from addons.config_load import ConfigError, load_config
 from addons.requestbody import BadRequest, parse_json_body
 from addons.sse import SSEParser, UsageEventFilter
+from addons.streamtap import StreamTap
 from addons.usage import UsageTracker
 
 FAST = settings(max_examples=50, deadline=timedelta(milliseconds=500),
@@ -131,6 +132,31 @@ def test_usage_filter_keeps_other_bytes(data: st.DataObject) -> None:
     out = b"".join(usage_filter.filter(chunk) for chunk in chunks_of(stream, points)) + usage_filter.finish()
     assert out == kept
     assert (usage_filter.removed_usage is not None) == with_usage
+
+
+@FAST
+@given(st.data())
+def test_stream_tap_strips_usage_and_reads_it(data: st.DataObject) -> None:
+    texts = data.draw(st.lists(st.text(max_size=10), max_size=4))
+    events = [(None, json.dumps({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": t}}]}))
+              for t in texts]
+    kept = sse_stream(events + [(None, "[DONE]")])
+    events.append((None, json.dumps({"object": "chat.completion.chunk", "choices": [],
+                                     "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}})))
+    events.append((None, "[DONE]"))
+    stream = sse_stream(events)
+    points = data.draw(split_points(stream))
+    tracker = UsageTracker("chat_completions", "openai")
+    tap = StreamTap(tracker, kind="sse", strip_usage=True, max_bytes=1 << 20)
+    # mitmproxy passes b"" only at the end of a stream, so the cut chunks leave out empty ones.
+    chunks = [chunk for chunk in chunks_of(stream, points) if chunk]
+    out = b"".join(b"".join(tap(chunk)) for chunk in chunks) + b"".join(tap(b""))
+    # One parse of the stream serves both the client's bytes and the usage.
+    assert out == kept
+    assert bytes(tap.kept) == kept
+    assert tracker.result().input_tokens == 3
+    assert tracker.result().output_tokens == 2
+    assert tracker.text == "".join(texts)
 
 
 @FAST
