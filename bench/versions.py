@@ -9,7 +9,8 @@ config and the installed packages come from the current checkout. Every round ru
 and the router floor (`bench/router_floor.py`), against one upstream and one stand-in router.
 The order rotates by one place per round, so no revision always runs first or last. Prints
 one Markdown table with req/s and proxy CPU per request at 10 connections, p50 and p99 at one
-connection, and errors, one value per round; writes no docs. The run's folder (logs, configs,
+connection, proxy CPU for 20 fast streams, time to first byte for 20 paced streams, and
+errors, one value per round; writes no docs. The run's folder (logs, configs,
 SQLite files) is kept and printed.
 """
 
@@ -28,6 +29,7 @@ from bench import cases
 from bench.load import run_plain
 from bench.procstat import Sampler
 from bench.router_floor import ROUTER_CALL_FAILED
+from bench.settings import Settings
 from bench.targets import (
     REPO, Processes, Target, start_meterway, start_mitmdump, start_router, start_upstream,
 )
@@ -35,6 +37,7 @@ from bench.targets import (
 logger = logging.getLogger(__name__)
 
 BASELINES = ("mitmdump", "mitmdump-router")
+STREAM_SETTINGS = Settings(stream_counts=(20,), stream_modes=("fast", "paced"))
 
 
 def resolve(revision: str) -> str:
@@ -65,13 +68,18 @@ def measure(target: Target, duration: float) -> dict:
     probe = cases.probe_ms(target)
     single = run_plain(target.url, 1, duration)
     cpu_ms = usage.cpu_s * 1000 / busy["requests"] if usage is not None and busy["requests"] else None
+    # 20 streams of 120 chunks: as fast as the upstream sends them (the proxy's CPU per chunk
+    # shows in the stream CPU), then paced 10 ms apart (time to first byte).
+    streams = cases.measure_streams(target, STREAM_SETTINGS)
     errors = busy["errors"] + single["errors"] + (probe is None)
     if target.is_meterway:
         # A revision whose router calls fail open would still serve, and look faster.
         errors += sum(count for outcome, count in cases.router_outcomes(target).items() if "fail" in outcome)
     if target.log is not None and target.name.startswith("mitmdump-router"):
         errors += target.log.read_text(errors="replace").count(ROUTER_CALL_FAILED)
+    errors += sum(entry["errors"] for entry in streams.values())
     return {"rps": busy["rps"], "cpu_ms": cpu_ms, "p50_ms": single["p50_ms"], "p99_ms": single["p99_ms"],
+            "stream_cpu_s": streams["fast-20"].get("cpu_s"), "paced_ttfb_ms": streams["paced-20"]["ttfb_p50_ms"],
             "errors": errors}
 
 
@@ -130,11 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Run of {started}, {args.rounds} round(s) of {args.duration:g} s per case, load average "
           f"{load_before:.2f} before and {os.getloadavg()[0]:.2f} after; logs in {folder}")
     print()
-    print("| version | req/s, c10 | proxy CPU ms/req, c10 | p50 ms, c1 | p99 ms, c1 | errors |")
-    print("|---|---|---|---|---|---|")
+    print("| version | req/s, c10 | proxy CPU ms/req, c10 | p50 ms, c1 | p99 ms, c1 "
+          "| proxy CPU s, 20 fast streams | TTFB p50 ms, 20 paced streams | errors |")
+    print("|---|---|---|---|---|---|---|---|")
     for label, runs in results.items():
         print(f"| `{label}` | {_cell([r['rps'] for r in runs], 0)} | {_cell([r['cpu_ms'] for r in runs], 2)} "
               f"| {_cell([r['p50_ms'] for r in runs], 2)} | {_cell([r['p99_ms'] for r in runs], 1)} "
+              f"| {_cell([r['stream_cpu_s'] for r in runs], 2)} | {_cell([r['paced_ttfb_ms'] for r in runs], 1)} "
               f"| {_cell([r['errors'] for r in runs], 0)} |")
     return 1 if any(r["errors"] for runs in results.values() for r in runs) else 0
 
