@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("revisions", nargs="+", help="Git revisions of this repository to compare, oldest first.")
     parser.add_argument("--rounds", type=int, default=2,
-                        help="How many times to measure every revision (default 2); about 13 s per target and round.")
+                        help="How many times to measure every revision (default 2); about 17 s per target and round.")
     parser.add_argument("--duration", type=float, default=5.0, help="Seconds per load case (default 5).")
     args = parser.parse_args(argv)
     if args.rounds < 1:
