@@ -48,6 +48,31 @@ def stop_process(process: subprocess.Popen | None, signum: int, timeout: float) 
         return process.wait()
 
 
+def one_backend_config(port: int, upstream: int, key: str, stats: int, ready: int) -> str:
+    """Build a gateway config with one listener whose one route sends everything to a local
+    OpenAI stand-in with a backend key, logging to `log.db` beside the config."""
+    return f"""\
+binds:
+- port: {port}
+  listeners:
+  - routes:
+    - backends:
+      - ai:
+          name: local
+          provider:
+            openAI: {{}}
+          hostOverride: 127.0.0.1:{upstream}
+        policies:
+          backendAuth:
+            key: {key}
+config:
+  database:
+    url: sqlite://log.db
+  statsAddr: 127.0.0.1:{stats}
+  readinessAddr: 127.0.0.1:{ready}
+"""
+
+
 def copy_config(source: Path, folder: Path, *extra: Path) -> Path:
     """Copy a config file byte for byte (plus files it refers to) into a test folder."""
     folder.mkdir(parents=True, exist_ok=True)

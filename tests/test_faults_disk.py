@@ -17,35 +17,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.gateway_process import GatewayProcess, free_port
+from tests.gateway_process import GatewayProcess, free_port, one_backend_config
 from tests.standins.openai_api import OpenAIStandIn
 
 # Big enough for the config, the gateway's output and many rows. The request log reaches it
 # within SENT rows of the prompt below (after 150 to 220 rows here).
 FILE_SIZE_LIMIT = 1_500_000
 SENT = 250
-
-CONFIG = """\
-binds:
-- port: {port}
-  listeners:
-  - routes:
-    - backends:
-      - ai:
-          name: local
-          provider:
-            openAI: {{}}
-          hostOverride: 127.0.0.1:{upstream}
-        policies:
-          backendAuth:
-            key: sk-disk-backend-0000
-config:
-  database:
-    url: sqlite://log.db
-  statsAddr: 127.0.0.1:{stats}
-  readinessAddr: 127.0.0.1:{ready}
-"""
-
 
 class LimitedGateway(GatewayProcess):
     """`meterway run` with a maximum file size for every file it and its children write."""
@@ -85,7 +63,7 @@ def wait_for_rows_or_failure(database: Path, gateway: GatewayProcess, count: int
 def test_full_disk_keeps_traffic_and_rows(tmp_path: Path, upstream: OpenAIStandIn) -> None:
     port = free_port()
     config = tmp_path / "gateway.yaml"
-    config.write_text(CONFIG.format(port=port, upstream=upstream.port, stats=free_port(), ready=free_port()))
+    config.write_text(one_backend_config(port, upstream.port, "sk-disk-backend-0000", free_port(), free_port()))
     gateway = LimitedGateway(config, [port]).start()
     try:
         statuses = []

@@ -19,31 +19,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.gateway_process import BIN, REPO, free_port, stop_process, wait_for_port
+from tests.gateway_process import BIN, REPO, free_port, one_backend_config, stop_process, wait_for_port
 from tests.logdb import wait_for
 from tests.promread import scrape, total
 from tests.standins.openai_api import OpenAIStandIn
-
-CONFIG = """\
-binds:
-- port: {port}
-  listeners:
-  - routes:
-    - backends:
-      - ai:
-          name: local
-          provider:
-            openAI: {{}}
-          hostOverride: 127.0.0.1:{upstream}
-        policies:
-          backendAuth:
-            key: sk-workers-backend-0000
-config:
-  database:
-    url: sqlite://log.db
-  statsAddr: 127.0.0.1:{stats}
-  readinessAddr: 127.0.0.1:{ready}
-"""
 
 
 class Supervisor:
@@ -55,7 +34,7 @@ class Supervisor:
             ports.add(free_port())
         self.port, self.stats, self.ready = sorted(ports)
         self.config = folder / "gateway.yaml"
-        self.config.write_text(CONFIG.format(port=self.port, upstream=upstream, stats=self.stats, ready=self.ready))
+        self.config.write_text(one_backend_config(self.port, upstream, "sk-workers-backend-0000", self.stats, self.ready))
         self.log_path = folder / "supervisor.log"
         self.db = folder / "log.db"
         with open(self.log_path, "wb") as out:
