@@ -7,9 +7,9 @@ request headers. After their reply it sends the buffered body, waits for that re
 copies the headers it sets onto the request (the stand-in router sets its routing header
 there). The stream is closed in a background task, as meterway does. These
 are the benchmark config's processing modes (request headers sent, body buffered). It
-routes, logs and prices nothing, so a gateway in mitmdump that makes the same call with this
-client cannot be cheaper per request; the benchmark compares meterway with it in the same
-run. A failed call is logged as an error, and the benchmark marks the target failed when
+routes, logs and prices nothing. So a gateway in mitmdump that makes the same call with this
+client cannot be cheaper per request, and the benchmark compares meterway with it in the
+same run. A failed call is logged as an error, and the benchmark marks the target failed when
 its log has one, because a floor that does not reach the router would measure nothing.
 Only the benchmark uses this script.
 """

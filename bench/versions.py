@@ -5,13 +5,16 @@
 Each revision is checked out as a detached git worktree in a temporary folder. Only its
 `meterway/` and `addons/` code comes from there, through `PYTHONPATH`, and runs as
 `python -m meterway run` with the benchmark's router config. The benchmark itself, that
-config and the installed packages come from the current checkout. Every round runs each revision once beside plain mitmdump
-and the router floor (`bench/router_floor.py`), against one upstream and one stand-in router.
-The order rotates by one place per round, so no revision always runs first or last. Prints
-one Markdown table with req/s and proxy CPU per request at 10 connections, p50 and p99 at one
-connection, proxy CPU for 20 fast streams, time to first byte for 20 paced streams, and
-errors, one value per round; writes no docs. The run's folder (logs, configs,
-SQLite files) is kept and printed.
+config and the installed packages come from the current checkout.
+
+Every round runs each revision once beside plain mitmdump and the router floor
+(`bench/router_floor.py`), against one upstream and one stand-in router. The order rotates
+by one place per round, so no revision always runs first or last.
+
+It prints one Markdown table, with one value per round in each cell: req/s and proxy CPU per
+request at 10 connections, p50 and p99 at one connection, proxy CPU for 20 fast streams,
+time to first byte for 20 paced streams, and errors. It writes no docs. The run's folder
+(logs, configs, SQLite files) is kept and printed.
 """
 
 from __future__ import annotations
