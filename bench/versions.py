@@ -11,9 +11,9 @@ Every round runs each revision once beside plain mitmdump and the router floor
 (`bench/router_floor.py`), against one upstream and one stand-in router. The order rotates
 by one place per round, so no revision always runs first or last.
 
-It prints one Markdown table, with one value per round in each cell: req/s and proxy CPU per
-request at 10 connections, p50 and p99 at one connection, proxy CPU for 20 fast streams,
-time to first byte for 20 paced streams, and errors. It writes no docs. The run's folder
+It prints one Markdown table with one value per round in each cell. The columns are req/s
+and proxy CPU per request at 10 connections, p50 and p99 at one connection, proxy CPU for
+20 fast streams, time to first byte for 20 paced streams, and errors. It writes no docs. The run's folder
 (logs, configs, SQLite files) is kept and printed.
 """
 

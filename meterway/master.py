@@ -106,7 +106,7 @@ def tag_log_lines(tag: str) -> None:
     """Start every log line of this process with `tag`, so that lines in the workers' shared output name their worker.
 
     The filter sits on the root logger's handlers (mitmproxy's terminal log among them),
-    because a filter on a logger sees only records logged on that logger itself.
+    because a filter on a logger applies only to records logged on that logger itself.
     """
     for handler in logging.getLogger().handlers:
         handler.addFilter(_WorkerTag(tag))

@@ -290,7 +290,7 @@ STARTING_GRACE_SECONDS = 30.0
 
 
 def readiness(workers: Sequence[Worker]) -> tuple[list[str], list[str]]:
-    """Return what keeps the gateway from being ready, and which workers are not answering.
+    """Return what keeps the gateway from being ready, and which workers do not respond.
 
     A worker that answers with problems makes the gateway not ready, because it still takes
     its share of connections. A worker that does not answer (it is starting or restarting)

@@ -140,7 +140,7 @@ def test_stream_tap_strips_usage_and_reads_it(data: st.DataObject) -> None:
     texts = data.draw(st.lists(st.text(max_size=10), max_size=4))
     events = [(None, json.dumps({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": t}}]}))
               for t in texts]
-    kept = sse_stream(events + [(None, "[DONE]")])
+    expected = sse_stream(events + [(None, "[DONE]")])
     events.append((None, json.dumps({"object": "chat.completion.chunk", "choices": [],
                                      "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}})))
     events.append((None, "[DONE]"))
@@ -152,8 +152,8 @@ def test_stream_tap_strips_usage_and_reads_it(data: st.DataObject) -> None:
     chunks = [chunk for chunk in chunks_of(stream, points) if chunk]
     out = b"".join(b"".join(tap(chunk)) for chunk in chunks) + b"".join(tap(b""))
     # One parse of the stream serves both the client's bytes and the usage.
-    assert out == kept
-    assert bytes(tap.kept) == kept
+    assert out == expected
+    assert bytes(tap.kept) == expected
     assert tracker.result().input_tokens == 3
     assert tracker.result().output_tokens == 2
     assert tracker.text == "".join(texts)

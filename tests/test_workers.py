@@ -226,7 +226,7 @@ def test_readiness_of_starting_worker(probe_server: ThreadingHTTPServer) -> None
         assert problems == []
         assert down == ["worker 1 is starting: semantic router channel is idle, not connected"]
 
-        # Once it has been ready, the same answer is a problem of the whole gateway.
+        # Once it has been ready, the same reply is a problem of the whole gateway.
         probe_server.answer = (200, {"ready": True, "problems": []})
         assert readiness([serving, restarted]) == ([], [])
         probe_server.answer = (503, {"ready": False, "problems": ["request log is not writable"]})
